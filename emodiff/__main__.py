@@ -1,0 +1,5 @@
+import sys
+
+from emodiff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Emotion control: intensity interpolation (eq. 14–15), intensity schedules, emotion timelines."""

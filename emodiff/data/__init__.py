@@ -1,0 +1,1 @@
+"""Data: media I/O, face alignment, features, the clip store and datasets over it."""

@@ -1,0 +1,166 @@
+"""PyTorch datasets over a clip store: memory-mapped arrays, no per-frame decoding (DESIGN §3).
+
+- `FrameDataset`: one sample per video frame, for the denoiser (paper §3.2, eq. 11–13, 16).
+- `SequenceDataset`: fixed-length windows of expression / intensity / audio features, for the
+  expression generator (§3.3) and the audio-to-intensity VAE.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from emodiff.data.labels import EMOTIONS
+from emodiff.data.store import Clip, ClipStore
+
+MOUTH = slice(48, 68)  # iBUG-68 mouth points
+EYES = slice(36, 48)   # iBUG-68 eye points
+
+
+def window_indices(center: int, n: int, length: int) -> np.ndarray:
+    """Frame indices center-n..center+n, clamped to the clip (edge frames repeat)."""
+    return np.clip(np.arange(center - n, center + n + 1), 0, length - 1)
+
+
+def region_mask(points: np.ndarray, size: int, margin: float = 0.25) -> np.ndarray:
+    """A (size, size) float mask of the landmark points' bounding box grown by `margin` per side."""
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    pad = (hi - lo) * margin + 1.0
+    x0, y0 = np.floor(lo - pad).astype(int)
+    x1, y1 = np.ceil(hi + pad).astype(int)
+    mask = np.zeros((size, size), dtype=np.float32)
+    mask[max(y0, 0):max(min(y1, size), 0), max(x0, 0):max(min(x1, size), 0)] = 1.0
+    return mask
+
+
+def frames_to_tensor(frames: np.ndarray, resolution: int | None = None) -> torch.Tensor:
+    """uint8 (..., S, S, 3) → float (..., 3, R, R) in [-1, 1], resized with antialiasing if asked."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
+    x = x.movedim(-1, -3)
+    if resolution is not None and x.shape[-1] != resolution:
+        lead = x.shape[:-3]
+        x = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=(resolution, resolution),
+                          mode="bilinear", antialias=True, align_corners=False)
+        x = x.reshape(*lead, 3, resolution, resolution)
+    return x
+
+
+def emotion_label(clip: Clip) -> int:
+    """Index into EMOTIONS, or -1 when the clip has no label."""
+    return EMOTIONS.index(clip.emotion) if clip.emotion in EMOTIONS else -1
+
+
+class FrameDataset(Dataset):
+    """Denoiser samples: target frame, identity frame, two motion frames, condition windows, masks.
+
+    Each item is a dict of tensors:
+      target (3,R,R), identity (3,R,R), motion (6,R,R) = frames i−2 ⊕ i−1 (the identity frame where
+      i−k < 0), audio (2n+1, F), expression (2n+1, D), intensity (), emotion () (−1 = unlabelled),
+      mouth_mask (1,R,R), eye_mask (1,R,R). Images are in [−1, 1].
+    Clips without audio features are skipped (they still train the expression generator).
+    """
+
+    def __init__(
+        self,
+        store: ClipStore | str,
+        window: int = 2,
+        resolution: int | None = None,
+        clip_ids: Sequence[str] | None = None,
+        seed: int = 0,
+    ):
+        self.store = store if isinstance(store, ClipStore) else ClipStore.open(store)
+        ids = list(clip_ids) if clip_ids is not None else self.store.clip_ids()
+        self.clips = [c for c in (self.store.clip(i) for i in ids) if c.has_audio]
+        if not self.clips:
+            raise ValueError(f"no clips with audio features in {self.store.root}")
+        self.window = window
+        self.resolution = resolution
+        self.seed = seed
+        lengths = np.array([c.n_frames for c in self.clips])
+        self._offsets = np.concatenate([[0], np.cumsum(lengths)])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(clip number, frame number) of a flat sample index."""
+        c = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return c, int(index - self._offsets[c])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        c, i = self.locate(index)
+        clip = self.clips[c]
+        frames = clip.frames
+        T = len(frames)
+        # The identity frame is random but reproducible for a given (seed, index).
+        j = int(np.random.default_rng((self.seed, index)).integers(T))
+        picks = [i, j, max(i - 2, -1), max(i - 1, -1)]
+        stack = np.stack([frames[k] if k >= 0 else frames[j] for k in picks])
+        images = frames_to_tensor(stack, self.resolution)
+        size = images.shape[-1]
+        scale = size / frames.shape[1]
+        lms = np.asarray(clip.landmarks[i]) * scale
+        win = window_indices(i, self.window, T)
+        return {
+            "target": images[0],
+            "identity": images[1],
+            "motion": images[2:].reshape(6, size, size),
+            "audio": torch.from_numpy(np.asarray(clip.audio_feats[win], dtype=np.float32)),
+            "expression": torch.from_numpy(np.asarray(clip.expression[win], dtype=np.float32)),
+            "intensity": torch.tensor(float(clip.intensity[i])),
+            "emotion": torch.tensor(emotion_label(clip)),
+            "mouth_mask": torch.from_numpy(region_mask(lms[MOUTH], size))[None],
+            "eye_mask": torch.from_numpy(region_mask(lms[EYES], size))[None],
+        }
+
+
+class SequenceDataset(Dataset):
+    """Windows of `length` frames (hop `stride`) over the clips that pass `keep`.
+
+    Each item: expression (L, D), intensity (L,), emotion (), level () (−1 when unknown), and
+    audio (L, F) when `require_audio` (clips without audio features are then skipped).
+    """
+
+    def __init__(
+        self,
+        store: ClipStore | str,
+        length: int,
+        stride: int | None = None,
+        require_audio: bool = False,
+        keep: Callable[[Clip], bool] | None = None,
+        clip_ids: Sequence[str] | None = None,
+    ):
+        self.store = store if isinstance(store, ClipStore) else ClipStore.open(store)
+        ids = list(clip_ids) if clip_ids is not None else self.store.clip_ids()
+        self.clips = [
+            c for c in (self.store.clip(i) for i in ids)
+            if c.n_frames >= length and (c.has_audio or not require_audio) and (keep is None or keep(c))
+        ]
+        if not self.clips:
+            raise ValueError(f"no clips of at least {length} frames pass the filter in {self.store.root}")
+        self.length = length
+        self.require_audio = require_audio
+        stride = stride or length
+        self.windows = [(c, s) for c, clip in enumerate(self.clips)
+                        for s in range(0, clip.n_frames - length + 1, stride)]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        c, s = self.windows[index]
+        clip = self.clips[c]
+        sl = slice(s, s + self.length)
+        item = {
+            "expression": torch.from_numpy(np.asarray(clip.expression[sl], dtype=np.float32)),
+            "intensity": torch.from_numpy(np.asarray(clip.intensity[sl], dtype=np.float32)),
+            "emotion": torch.tensor(emotion_label(clip)),
+            "level": torch.tensor(clip.level if clip.level is not None else -1),
+        }
+        if self.require_audio:
+            item["audio"] = torch.from_numpy(np.asarray(clip.audio_feats[sl], dtype=np.float32))
+        return item

@@ -1,0 +1,1 @@
+"""Metrics: FLIE, LIE, EmoAcc, image/video quality, sync, landmarks, frame-wise intensity."""

@@ -1,0 +1,1 @@
+"""Networks: denoising UNet, ReferenceNet, expression generator, intensity VAE, super-resolution."""

@@ -1,0 +1,1 @@
+"""Training loops, one per stage, each driven by a YAML config and runnable under accelerate."""

@@ -1,0 +1,43 @@
+"""Shared test helpers: the real-media fixtures folder and a tiny clip store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emodiff.data.labels import EMOTIONS
+from emodiff.data.store import ClipStore
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """The real media folder named by EMODIFF_FIXTURES; tests using it skip when it is unset."""
+    root = os.environ.get("EMODIFF_FIXTURES")
+    if not root or not Path(root).is_dir():
+        pytest.skip("EMODIFF_FIXTURES is not set (see tests/README or .ci/run)")
+    return Path(root)
+
+
+def write_random_store(root: Path, n_clips: int = 4, n_frames: int = 12, size: int = 16,
+                       feat_dim: int = 8, exp_dim: int = 6, seed: int = 0) -> ClipStore:
+    """A small store of random clips that honours the store contract (for shape/plumbing tests)."""
+    rng = np.random.default_rng(seed)
+    store = ClipStore.create(root)
+    for c in range(n_clips):
+        cid = f"clip{c:03d}"
+        emotion = EMOTIONS[c % len(EMOTIONS)]
+        base = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.75]]) * size
+        lms = np.tile(base[rng.integers(0, 3, 68)], (n_frames, 1, 1)) + rng.normal(0, 0.5, (n_frames, 68, 2))
+        store.write_clip(cid, {
+            "frames": rng.integers(0, 256, (n_frames, size, size, 3), dtype=np.uint8),
+            "audio_feats": rng.normal(size=(n_frames, feat_dim)),
+            "landmarks": lms,
+            "expression": rng.normal(size=(n_frames, exp_dim)),
+            "intensity": rng.uniform(size=n_frames),
+        }, {"identity": f"id{c % 2}", "emotion": emotion, "level": 3, "fps": 25},
+            audio=np.zeros(n_frames * 640, dtype=np.float32))
+        store.append_manifest({"id": cid, "status": "ok", "identity": f"id{c % 2}", "emotion": emotion})
+    return store

@@ -1,0 +1,1 @@
+"""Third-party formats implemented from their papers and file layouts (no code copied)."""
