@@ -16,9 +16,11 @@ predicted from the audio. `make_store` writes MEAD-like clips (identity, emotion
 frame-wise intensity fluctuation, neutral clips for every identity) straight into a clip store,
 with the true landmarks (iBUG-68), expression and intensity as the clip's arrays.
 
-Coordinates: the face is modelled in normalised units, x and y in [-1, 1] with y pointing down;
-pixel (row r, column c) of an S×S image has its centre at x = (c + 0.5)·2/S − 1. Landmarks are
-stored in crop pixels with pixel centres at integer coordinates (x_px = c, y_px = r).
+Coordinates: the face is modelled in normalised units with y pointing down (head about 1.1 wide
+and 1.5 tall, nose near the origin). The crop is a square camera window of half-width 1 / CROP_ZOOM
+centred at (0, CROP_CENTRE_Y), so pixel (row r, column c) of an S×S image has its centre at
+x = ((c + 0.5)·2/S − 1) / CROP_ZOOM. Landmarks are stored in crop pixels with pixel centres at
+integer coordinates (x_px = c, y_px = r).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ MOUTH_OPEN = 0
 EXPRESSION_DIM = 50  # stored expression vectors: the 8 true parameters, then zeros (store contract D = 50)
 LEVEL_INTENSITY = {1: 0.35, 2: 0.65, 3: 0.9}  # MEAD level → base intensity k
 SIZE_RANGE = (16, 512)
+CROP_ZOOM, CROP_CENTRE_Y = 1.25, 0.1  # a tight, aligned face crop
 
 # Emotion directions before normalisation (FACS-like: happy = smile + cheek raise, surprise = brows
 # up + eyes wide, ...). None uses mouth_open, which belongs to speech.
@@ -124,7 +127,7 @@ def _sample_identity(rng: np.random.Generator, index: int) -> Identity:
     def colour(c: np.ndarray, jitter: float = 0.03) -> tuple[float, float, float]:
         return tuple(float(v) for v in np.clip(c + rng.normal(0, jitter, 3), 0, 1))
 
-    skin = np.array(colour(_SKIN_LIGHT + (_SKIN_DARK - _SKIN_LIGHT) * u() ** 1.3, 0.02))
+    skin = np.array(colour(_SKIN_LIGHT + (_SKIN_DARK - _SKIN_LIGHT) * u(), 0.02))
     hair = np.array(colour(_HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))]))
     face_cy, face_rx, face_ry = u(0.02, 0.08), u(0.50, 0.60), u(0.68, 0.78)
     eye_y = face_cy + u(-0.06, 0.0)
@@ -163,6 +166,7 @@ class _Face:
     lid_up: np.ndarray            # eye half-heights above / below the eye line
     lid_low: np.ndarray
     furrow: np.ndarray            # opacities in [0, 1]
+    chin_crease: np.ndarray
     blush: np.ndarray
     cheek_y: np.ndarray
 
@@ -175,21 +179,22 @@ def _face_geometry(idn: Identity, expression: np.ndarray) -> _Face:
     """Map the 8 expression parameters (T, 8) to the geometry of mouth, brows, eyes and cheeks."""
     mo = np.clip(expression[:, 0], 0.0, None)
     sm, fr, br, bf, eo, lp, cr = expression[:, 1:].T
-    thin = np.clip(1.0 - 0.6 * lp - 0.15 * sm, 0.25, None)
+    thin = np.clip(1.0 - 0.75 * lp - 0.15 * sm, 0.15, None)
     return _Face(
-        mouth_halfwidth=idn.mouth_width * np.clip(1.0 + 0.22 * sm - 0.18 * lp + 0.06 * fr - 0.08 * mo, 0.5, None),
-        mouth_curve=0.07 * (sm - fr),
+        mouth_halfwidth=idn.mouth_width * np.clip(1.0 + 0.22 * sm - 0.25 * lp - 0.12 * fr - 0.08 * mo, 0.5, None),
+        mouth_curve=0.09 * (sm - fr),
         open_up=0.035 * mo,
         open_low=0.11 * mo,
         lip_up=idn.lip_thickness * 0.85 * thin,
-        lip_low=idn.lip_thickness * 1.15 * thin,
-        brow_base=idn.eye_y - idn.brow_gap - 0.055 * br + 0.02 * bf,
+        lip_low=idn.lip_thickness * 1.15 * thin * np.clip(1.0 + 0.5 * fr, 0.5, None),  # a frown pouts
+        brow_base=idn.eye_y - idn.brow_gap - 0.08 * br + 0.02 * bf,
         brow_arch=np.clip(0.02 + 0.015 * br, 0.0, None),
-        brow_inner_drop=0.04 * bf - 0.02 * br,
+        brow_inner_drop=0.06 * bf - 0.02 * br,
         brow_dx=idn.eye_dx - 0.025 * bf,
         lid_up=idn.eye_ry * np.clip((1.0 + 0.7 * eo) * (1.0 - 0.15 * cr), 0.05, None),
         lid_low=idn.eye_ry * 0.8 * np.clip(1.0 + 0.4 * eo - 0.5 * cr, 0.05, None),
         furrow=np.clip(bf, 0.0, 1.0),
+        chin_crease=np.clip(fr, 0.0, 1.0),
         blush=np.clip(cr, 0.0, 1.0),
         cheek_y=idn.mouth_y - 0.13 - 0.04 * cr,
     )
@@ -279,8 +284,9 @@ class SyntheticWorld:
         if fps <= 0:
             raise EmodiffError(f"Frame rate must be positive, got {fps}.")
         self.seed, self.size, self.fps = int(seed), int(size), int(fps)
-        self._half = size / 2.0
-        self._axis = (np.arange(size, dtype=np.float32) + 0.5) / self._half - 1.0
+        self._half = size / 2.0 * CROP_ZOOM  # pixels per normalised unit
+        crop = ((np.arange(size, dtype=np.float32) + 0.5) * 2.0 / size - 1.0) / CROP_ZOOM
+        self._xaxis, self._yaxis = crop, crop + np.float32(CROP_CENTRE_Y)
 
     # -- identities and expressions ---------------------------------------------------------
     def identity(self, index: int) -> Identity:
@@ -299,24 +305,25 @@ class SyntheticWorld:
     def landmarks(self, identity: Identity, expression: np.ndarray) -> np.ndarray:
         """True iBUG-68 landmarks (T, 68, 2) in crop pixels for expressions (T, 8)."""
         g = _face_geometry(identity, np.atleast_2d(np.asarray(expression, dtype=np.float64)))
-        return ((_landmarks_normalised(identity, g) + 1.0) * self._half - 0.5).astype(np.float32)
+        pts = _landmarks_normalised(identity, g) - np.array([0.0, CROP_CENTRE_Y])
+        return (pts * self._half + (self.size / 2.0 - 0.5)).astype(np.float32)
 
     def _box(self, x0: float, x1: float, y0: float, y1: float) -> tuple[slice, slice, np.ndarray, np.ndarray]:
         """Pixel slices covering a normalised box, and the grid coordinates inside it."""
-        def span(a: float, b: float) -> slice:
-            lo = int(np.clip(np.floor((a + 1.0) * self._half) - 1, 0, self.size))
-            hi = int(np.clip(np.ceil((b + 1.0) * self._half) + 1, 0, self.size))
+        def span(a: float, b: float, centre: float) -> slice:
+            lo = int(np.clip(np.floor((a - centre) * self._half + self.size / 2.0) - 1, 0, self.size))
+            hi = int(np.clip(np.ceil((b - centre) * self._half + self.size / 2.0) + 1, 0, self.size))
             return slice(lo, max(hi, lo))
-        rows, cols = span(y0, y1), span(x0, x1)
-        return rows, cols, self._axis[cols][None, None, :], self._axis[rows][None, :, None]
+        rows, cols = span(y0, y1, CROP_CENTRE_Y), span(x0, x1, 0.0)
+        return rows, cols, self._xaxis[cols][None, None, :], self._yaxis[rows][None, :, None]
 
     # -- rendering --------------------------------------------------------------------------
     def _static_layers(self, idn: Identity) -> np.ndarray:
         """Everything that does not move: background, hair, neck, clothes, ears, face, nose (S, S, 3)."""
         h = self._half
-        x, y = self._axis[None, :], self._axis[:, None]
+        x, y = self._xaxis[None, :], self._yaxis[:, None]
         bottom, top = np.asarray(idn.background_bottom), np.asarray(idn.background_top)
-        image = (top + (bottom - top) * ((y[..., None] + 1.0) / 2.0)) * np.ones((1, self.size, 1))
+        image = (top + (bottom - top) * np.linspace(0.0, 1.0, self.size)[:, None, None]) * np.ones((1, self.size, 1))
         image = image.astype(np.float32)
         skin, hair = np.asarray(idn.skin), np.asarray(idn.hair)
         vol = idn.hair_volume
@@ -404,7 +411,14 @@ class SyntheticWorld:
         inside = np.maximum(np.maximum(inner_up - y, y - inner_low), beyond + 0.004)
         _paint(region, _coverage(inside * h), _MOUTH_INSIDE)
         teeth = np.maximum(inside, y - inner_up - 0.022 * (1.0 - s ** 2))
-        _paint(region, _coverage(teeth * h), _TEETH)
+        parted = np.clip((g2.open_up + g2.open_low) * h - 0.5, 0.0, 1.0)  # no teeth on a closed lip line
+        _paint(region, parted * _coverage(teeth * h), _TEETH)
+
+        # chin crease under the lower lip (frown)
+        crease_y = idn.mouth_y + g.open_low + g.lip_low + 0.035  # (T,), below the lower lip's centre
+        rows, cols, x, y = self._box(-0.08, 0.08, float(crease_y.min()) - 0.02, float(crease_y.max()) + 0.02)
+        d = np.maximum(np.abs(y - crease_y.reshape(-1, 1, 1)) - 0.006, np.abs(x) - 0.06)
+        _paint(frames[:, rows, cols], 0.6 * g2.chin_crease * _coverage(d * h), skin * 0.65)
         return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
     # -- audio and intensity ----------------------------------------------------------------
