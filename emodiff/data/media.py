@@ -10,9 +10,9 @@
 Frame-rate resampling rule (`read_video`): time is measured from the video stream's start.
 Output frame i stands for time t_i = i / fps and shows the latest decoded frame whose presentation
 timestamp is ≤ t_i (before the first decoded frame: the first frame). The output has
-T = round(duration × fps) frames, duration being the video stream's duration. This is FFmpeg's
-`fps` filter with `round=down`; it holds for variable-frame-rate sources because it only uses
-timestamps, never frame counts.
+T = round(duration × fps) frames, duration being the video stream's duration (the last frame is
+repeated up to it). Only timestamps are used, never frame counts, so variable-frame-rate sources
+are resampled correctly.
 """
 
 from __future__ import annotations
@@ -157,8 +157,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
 
     The rate is converted by FFmpeg's resampler (libswresample); mono is the mean of the channels.
     """
-    container = _open(path)
-    with container:
+    with _open(path) as container:
         if not container.streams.audio:
             raise EmodiffError(f"{path} has no audio stream; give the speech as a separate audio file.")
         stream = container.streams.audio[0]
