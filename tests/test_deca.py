@@ -254,7 +254,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path) -> None:
     assert not marker.exists()
 
 
-def test_missing_and_wrong_files_are_explained(tmp_path) -> None:
+def test_missing_and_wrong_files_are_explained(assets, tmp_path) -> None:
     with pytest.raises(EmodiffError, match=r"generic_model\.pkl not found.*flame\.is\.tue\.mpg\.de"):
         load_flame_model(tmp_path / "generic_model.pkl")
     with pytest.raises(EmodiffError, match=r"deca_model\.tar not found.*github\.com/YadiraF/DECA"):
@@ -262,9 +262,13 @@ def test_missing_and_wrong_files_are_explained(tmp_path) -> None:
     (tmp_path / "partial.pkl").write_bytes(pickle.dumps({"v_template": np.zeros((3, 3))}, protocol=2))
     with pytest.raises(EmodiffError, match="lacks shapedirs, posedirs"):
         load_flame_model(tmp_path / "partial.pkl")
+    truncated = tmp_path / "truncated.pkl"
+    truncated.write_bytes((assets["folder"] / "generic_model.pkl").read_bytes()[:5000])
+    with pytest.raises(EmodiffError, match=r"truncated\.pkl is not a readable FLAME/DECA asset"):
+        load_flame_model(truncated)
     flame_dir = tmp_path / "flame"
     flame_dir.mkdir()
-    (flame_dir / "generic_model.pkl").write_bytes(b"")
+    (flame_dir / "generic_model.pkl").write_bytes((assets["folder"] / "generic_model.pkl").read_bytes())
     torch.save({"E_flame": DecaEncoder(4, 8).state_dict()}, tmp_path / "deca_model.tar")
     with pytest.raises(EmodiffError, match=r"landmark_embedding\.npy not found.*YadiraF/DECA"):
         DecaExpressionExtractor(tmp_path / "deca_model.tar", flame_dir / "generic_model.pkl")
@@ -378,6 +382,8 @@ def test_extractor_reports_code_parts_and_reprojection_error(assets, tmp_path) -
     frames = np.random.default_rng(4).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
     moved = np.repeat(landmarks[None], 3, 0)
     moved[2, 30] += [0, 6]  # nose tip 6 px lower: inside the box, so the crop is unchanged
+    with pytest.raises(EmodiffError, match=r"landmarks \(T, 68, 2\)"):
+        extractor.extract(frames, moved[:2])
     out = extractor.extract(frames, moved)
     assert {k: v.shape for k, v in out.items()} == {"expression": (3, 50), "jaw_pose": (3, 3),
                                                    "global_pose": (3, 3), "reprojection_error": (3,)}

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from emodiff.errors import EmodiffError
-from third_party.deca.assets import load_flame_model, load_landmark_embedding
+from third_party.deca.assets import EMBEDDING_SOURCE, load_flame_model, load_landmark_embedding
 from third_party.deca.encoder import CROP_SIZE, DecaEncoder, crop_boxes, crop_faces, load_deca_encoder, to_crop_normalised
 from third_party.deca.flame import Flame, orthographic_project
 from third_party.deca.render import has_pytorch3d, landmark_overlay, mesh_overlay, save_png
@@ -29,7 +29,7 @@ def find_landmark_embedding(*folders: Path) -> Path:
         if (folder / EMBEDDING_NAME).is_file():
             return folder / EMBEDDING_NAME
     raise EmodiffError(f"{EMBEDDING_NAME} not found next to the FLAME or DECA model "
-                       f"({', '.join(str(f) for f in folders)}): get it from data/ of https://github.com/YadiraF/DECA")
+                       f"({', '.join(str(f) for f in folders)}): get it from {EMBEDDING_SOURCE}")
 
 
 class DecaExpressionExtractor:
@@ -41,7 +41,7 @@ class DecaExpressionExtractor:
     """
 
     name = "deca"
-    dim = 50
+    version = "1"
 
     def __init__(self, deca_model: str | os.PathLike, flame_model: str | os.PathLike,
                  device: str | torch.device = "cpu", landmark_embedding: str | os.PathLike | None = None,
@@ -50,9 +50,10 @@ class DecaExpressionExtractor:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.encoder = load_deca_encoder(deca_model).to(self.device)
+        flame = load_flame_model(flame_model)
         embedding = Path(landmark_embedding) if landmark_embedding is not None else \
             find_landmark_embedding(flame_model.parent, deca_model.parent)
-        self.flame = Flame(load_flame_model(flame_model), load_landmark_embedding(embedding)).to(self.device)
+        self.flame = Flame(flame, load_landmark_embedding(embedding)).to(self.device)
 
     def _fit(self, frames: np.ndarray, boxes: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor],
                                                                       dict[str, torch.Tensor], torch.Tensor]:
