@@ -182,7 +182,7 @@ def safe_unpickle(file: BinaryIO, what: Path) -> Any:
     except RefusedGlobal as refused:
         raise EmodiffError(f"{what} refers to '{refused}', which no FLAME/DECA asset contains; refused to "
                            "load it (nothing in it was run)") from None
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as err:
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, RecursionError) as err:
         raise EmodiffError(f"{what} is not a readable FLAME/DECA asset ({type(err).__name__}: {err})") from None
 
 

@@ -11,15 +11,12 @@ import importlib.util
 import os
 from pathlib import Path
 
-import matplotlib
+import matplotlib.image
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the Agg backend)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from third_party.deca.assets import write_atomic  # noqa: E402
-from third_party.deca.flame import orthographic_project  # noqa: E402
+from third_party.deca.assets import write_atomic
+from third_party.deca.flame import orthographic_project
 
 PREDICTED_COLOUR = (230, 40, 40)
 INPUT_COLOUR = (40, 200, 60)
@@ -82,5 +79,5 @@ def mesh_overlay(crop: np.ndarray, vertices: torch.Tensor, faces: torch.Tensor, 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     """Write uint8 (H, W, 3) as PNG, atomically."""
     path = Path(path)
-    write_atomic(path, lambda file: plt.imsave(file, image, format="png"))
+    write_atomic(path, lambda file: matplotlib.image.imsave(file, image, format="png"))
     return path
