@@ -408,3 +408,24 @@ def test_overlay_png_without_pytorch3d(assets, tmp_path) -> None:
     assert image.shape == (224, 224, 3)
     green = np.all(image == [40, 200, 60], axis=-1).sum()
     assert green > 68  # the input landmarks are drawn (the FLAME ones wherever they project)
+
+
+@pytest.mark.parametrize("name", ["generic_model.pkl", "landmark_embedding.npy", "deca_model.tar"])
+def test_official_file_when_available(name: str) -> None:
+    """With EMODIFF_DECA_DATA pointing at a folder holding the official files, each loads as described."""
+    folder = os.environ.get("EMODIFF_DECA_DATA")
+    if not folder or not (Path(folder) / name).is_file():
+        pytest.skip(f"EMODIFF_DECA_DATA does not hold {name}")
+    path = Path(folder) / name
+    if name == "generic_model.pkl":
+        model = load_flame_model(path)
+        assert model.v_template.shape == (5023, 3) and model.shapedirs.shape == (5023, 3, 400)
+        assert model.posedirs.shape == (5023, 3, 36) and model.J_regressor.shape == (5, 5023)
+        assert model.parents.tolist() == PARENTS
+    elif name == "landmark_embedding.npy":
+        embedding = load_landmark_embedding(path)
+        assert embedding.dynamic_faces.shape == (79, 17) and embedding.static_faces.shape == (51,)
+        assert embedding.full_faces.shape == (68,) and np.allclose(embedding.full_bary.sum(1), 1, atol=1e-4)
+    else:
+        encoder = load_deca_encoder(path)
+        assert encoder(torch.rand(1, 3, 224, 224)).shape == (1, 236)

@@ -73,11 +73,13 @@ class DecaExpressionExtractor:
         return frames, landmarks68
 
     @torch.no_grad()
-    def extract(self, frames: np.ndarray, landmarks68: np.ndarray, progress: bool = False) -> dict[str, np.ndarray]:
+    def extract(self, frames: np.ndarray, landmarks68: np.ndarray, mesh: np.ndarray | None = None, *,
+                progress: bool = False) -> dict[str, np.ndarray]:
         """frames uint8 (T, H, W, 3) RGB and their 68 landmarks (T, 68, 2) in pixels →
         expression (T, 50), jaw_pose (T, 3), global_pose (T, 3) axis-angle, and
         reprojection_error (T,): mean distance between FLAME's 68 projected landmarks and the
-        input ones, in crop-normalised units (the crop spans [−1, 1]; 0.01 ≈ 1.1 px of 224)."""
+        input ones, in crop-normalised units (the crop spans [−1, 1]; 0.01 ≈ 1.1 px of 224).
+        `mesh` is part of prepare's extractor interface; DECA reads only the image."""
         frames, landmarks68 = self._check(frames, landmarks68)
         boxes = crop_boxes(landmarks68)
         targets = to_crop_normalised(landmarks68, boxes)
