@@ -429,3 +429,20 @@ def test_official_file_when_available(name: str) -> None:
     else:
         encoder = load_deca_encoder(path)
         assert encoder(torch.rand(1, 3, 224, 224)).shape == (1, 236)
+
+
+def test_official_contour_stays_on_the_visible_side() -> None:
+    """With the official FLAME model and DECA embedding: as the head turns (±30°), the chosen jaw
+    contour stays on camera-facing surface (the other yaw sign would put it on the back)."""
+    folder = Path(os.environ.get("EMODIFF_DECA_DATA", "/nonexistent"))
+    if not all((folder / name).is_file() for name in ("generic_model.pkl", "landmark_embedding.npy")):
+        pytest.skip("EMODIFF_DECA_DATA does not hold generic_model.pkl and landmark_embedding.npy")
+    flame = Flame(load_flame_model(folder / "generic_model.pkl"), load_landmark_embedding(folder / "landmark_embedding.npy"))
+    for yaw in (-30.0, 30.0):
+        pose = torch.zeros(1, 6)
+        pose[0, 1] = np.deg2rad(yaw)
+        vertices = flame(torch.zeros(1, 100), torch.zeros(1, 50), pose)["vertices"][0]
+        corners = vertices[flame.faces]
+        normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        contour_faces = flame.dynamic_faces[flame.contour_bins(flame.full_pose(pose))[0]]
+        assert (normals[contour_faces, 2] > 0).float().mean() > 0.9
