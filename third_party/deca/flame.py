@@ -53,9 +53,7 @@ def skinning_transforms(rotations: torch.Tensor, joints: torch.Tensor, parents: 
     for k in range(1, n_joints):
         chain.append(chain[parents[k]] @ local[:, k])
     world = torch.stack(chain, 1)
-    rest_shift = (world[..., :3, :3] @ joints[..., None])[..., 0]
-    world = world.clone()
-    world[..., :3, 3] -= rest_shift
+    world[..., :3, 3] -= (world[..., :3, :3] @ joints[..., None])[..., 0]
     return world
 
 
