@@ -214,3 +214,128 @@ def test_sources_ids_and_shards(tmp_path):
         parse_shard("3/3")
     with pytest.raises(EmodiffError, match="does not exist"):
         find_sources([tmp_path / "missing"])
+
+
+# -- `emodiff prepare` on real media -----------------------------------------------------------
+def mead_sources(fixtures_dir: Path, folder: Path) -> Path:
+    """The fixture clips copied under MEAD-style names (labels come from the names)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for original, name in MEAD_NAMES.items():
+        shutil.copy(fixtures_dir / original, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(fixtures_dir, tmp_path_factory) -> tuple[Path, ClipStore]:
+    sources = mead_sources(fixtures_dir, tmp_path_factory.mktemp("src"))
+    out = tmp_path_factory.mktemp("store") / "store"
+    assert cli_main(["prepare", str(sources), "--out", str(out), "--size", str(SIZE), "--workers", "1"]) == 0
+    return sources, ClipStore.open(out)
+
+
+def test_prepare_gives_aligned_full_length_labelled_clips(prepared):
+    sources, store = prepared
+    assert store.clip_ids() == sorted(name[:-4] for name in MEAD_NAMES.values())
+    for clip_id in store.clip_ids():
+        clip = store.clip(clip_id)
+        info = probe(sources / f"{clip_id}.mp4")
+        n_frames = clip.n_frames
+        assert abs(n_frames - info.duration * 25) <= 1
+        assert clip.frames.shape == (n_frames, SIZE, SIZE, 3)
+        assert clip.landmarks.shape == (n_frames, 68, 2) and clip.expression.shape == (n_frames, 50)
+        assert clip.intensity.shape == (n_frames,) and 0 <= clip.intensity.min() <= clip.intensity.max() <= 1
+        nose_offset = np.abs(clip.landmarks[:, NOSE_TIP] / SIZE - 0.5).max(axis=1)
+        assert (nose_offset < 0.05).mean() >= 0.95
+        assert clip.has_audio == info.has_audio == (clip.meta["audio_features"] is not None)
+        if clip.has_audio:
+            assert clip.audio_feats.shape[0] == n_frames
+            audio, rate = clip.audio()
+            assert rate == 16_000 and abs(len(audio) - n_frames * 640) <= 1
+        assert len(clip.meta["crop_boxes"]) == n_frames and clip.meta["landmarks_backend"]["name"] == "mediapipe"
+        assert clip.meta["expression_extractor"] == {"name": "landmarks", "version": "1"}
+    happy = store.clip("M030_happy_3_001")
+    assert (happy.identity, happy.emotion, happy.level, happy.has_audio) == ("M030", "happy", 3, False)
+    assert store.clip("hdtf_katiehill_000").identity is None
+    assert store.manifest()["M030_happy_3_001"]["has_audio"] is False
+
+
+def test_inspect_draws_a_contact_sheet_per_clip(prepared, tmp_path):
+    _, store = prepared
+    assert cli_main(["inspect", str(store.root), "--out", str(tmp_path)]) == 0
+    sheets = sorted(p.stem for p in tmp_path.glob("*.png"))
+    assert sheets == store.clip_ids()
+    image = cv2.imread(str(tmp_path / f"{sheets[0]}.png"))
+    assert image.shape[0] > 200 and image.std() > 10
+
+
+def test_killed_prepare_resumes_to_the_same_store(prepared, tmp_path, monkeypatch):
+    sources, reference = prepared
+    out = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "emodiff", "prepare", str(sources), "--out", str(out),
+                                "--size", str(SIZE), "--workers", "1"], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = out / "manifest.jsonl"
+    while process.poll() is None and not (manifest.exists() and '"extracted"' in manifest.read_text()):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = ClipStore.open(out)
+    extracted_before = {cid for cid, e in killed.manifest().items() if e["status"] == "extracted"}
+    assert 1 <= len(extracted_before) < 4 and killed.clip_ids() == []  # nothing half-done is accepted
+
+    calls = []
+    update_clip = ClipStore.update_clip
+
+    def crash_after_one(self, clip_id, *args, **kwargs):  # an interruption in the middle of finalisation
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(clip_id)
+        return update_clip(self, clip_id, *args, **kwargs)
+
+    monkeypatch.setattr(ClipStore, "update_clip", crash_after_one)
+    assert cli_main(["prepare", str(sources), "--out", str(out), "--size", str(SIZE), "--workers", "1"]) == 130
+    monkeypatch.undo()
+    resumed = ClipStore.open(out)
+    assert resumed.clip_ids() == calls
+    summary = prepare([sources], out, PrepareSettings(size=SIZE))
+    assert summary["skipped"] == 4 and summary["finalised"] == 3 and summary["ok"] == 4
+    expected, got = store_arrays(reference), store_arrays(resumed)
+    assert sorted(got) == sorted(expected)
+    for clip_id, arrays in expected.items():
+        assert sorted(got[clip_id]) == sorted(arrays)
+        for name, array in arrays.items():
+            np.testing.assert_allclose(got[clip_id][name], array, atol=1e-5, err_msg=f"{clip_id}/{name}")
+    assert not list((out / "clips").glob(".*"))
+
+
+def test_bad_inputs_fail_per_clip_and_odd_inputs_work(fixtures_dir, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    gradient = np.tile(np.linspace(0, 255, 96, dtype=np.uint8)[None, :, None], (96, 1, 3))
+    write_video(src / "noface.mp4", [np.roll(gradient, i, axis=1) for i in range(25)], fps=25)
+    faces = [cv2.resize(f, (1080, 1080)) for f, _ in zip(read_video(fixtures_dir / "hdtf_katiehill_000.mp4", 30), range(36))]
+    hd_frames = [cv2.copyMakeBorder(f, 0, 0, 420, 420, cv2.BORDER_CONSTANT) for f in faces]
+    t = np.arange(int(1.2 * 48_000)) / 48_000
+    stereo = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)]).astype(np.float32) * 0.3
+    write_video(src / "hd_1080p30_stereo48k.mp4", hd_frames, fps=30, audio=stereo)
+    out = tmp_path / "store"
+    assert cli_main(["prepare", str(src), "--out", str(out), "--size", str(SIZE), "--workers", "2"]) == 1
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.out + printed.err and "1 extracted, 2 failed" in printed.out
+    store = ClipStore.open(out)
+    manifest = store.manifest()
+    assert manifest["corrupt"]["status"] == "failed" and "Cannot read" in manifest["corrupt"]["error"]
+    assert manifest["noface"]["status"] == "failed" and "No face was found" in manifest["noface"]["error"]
+    hd = store.clip("hd_1080p30_stereo48k")
+    assert store.clip_ids() == ["hd_1080p30_stereo48k"] and abs(hd.n_frames - 30) <= 1
+    assert hd.meta["source_video"]["width"] == 1920 and hd.audio_feats.shape[0] == hd.n_frames
+    assert (np.abs(hd.landmarks[:, NOSE_TIP] / SIZE - 0.5).max(axis=1) < 0.05).mean() >= 0.95
+    assert cli_main(["prepare", str(src), "--out", str(out), "--size", str(SIZE), "--workers", "1"]) == 0
+    assert "0 extracted, 0 failed, 3 skipped" in capsys.readouterr().out
+    assert cli_main(["prepare", str(src), "--out", str(out), "--size", str(SIZE), "--retry-failed"]) == 1
+    assert "0 extracted, 2 failed, 1 skipped" in capsys.readouterr().out
+    assert store.clip_ids() == ["hd_1080p30_stereo48k"]
+    assert cli_main(["prepare", str(src), "--out", str(out), "--size", "128"]) == 1
+    assert "size=64" in capsys.readouterr().err
