@@ -320,22 +320,29 @@ def test_bad_inputs_fail_per_clip_and_odd_inputs_work(fixtures_dir, tmp_path, ca
     t = np.arange(int(1.2 * 48_000)) / 48_000
     stereo = np.stack([np.sin(2 * np.pi * 220 * t), np.sin(2 * np.pi * 330 * t)]).astype(np.float32) * 0.3
     write_video(src / "hd_1080p30_stereo48k.mp4", hd_frames, fps=30, audio=stereo)
+    small_sad = cv2.resize(read_rgb(fixtures_dir / "face_sad.png"), (160, 160))
+    pair = np.concatenate([read_rgb(fixtures_dir / "face_happy.png"),
+                           cv2.copyMakeBorder(small_sad, 48, 48, 48, 48, cv2.BORDER_CONSTANT)], axis=1)
+    write_video(src / "two_faces.mp4", [pair] * 12, fps=25)
     out = tmp_path / "store"
     assert cli_main(["prepare", str(src), "--out", str(out), "--size", str(SIZE), "--workers", "2"]) == 1
     printed = capsys.readouterr()
-    assert "Traceback" not in printed.out + printed.err and "1 extracted, 2 failed" in printed.out
+    assert "Traceback" not in printed.out + printed.err and "2 extracted, 2 failed" in printed.out
     store = ClipStore.open(out)
     manifest = store.manifest()
     assert manifest["corrupt"]["status"] == "failed" and "Cannot read" in manifest["corrupt"]["error"]
     assert manifest["noface"]["status"] == "failed" and "No face was found" in manifest["noface"]["error"]
+    two = store.clip("two_faces")
+    assert "several faces in 12 frames" in manifest["two_faces"]["warnings"][0] and "warning:" in printed.out
+    assert np.abs(two.meta["crop_boxes"][0][0] - 128) < 20  # the larger (left) face
     hd = store.clip("hd_1080p30_stereo48k")
-    assert store.clip_ids() == ["hd_1080p30_stereo48k"] and abs(hd.n_frames - 30) <= 1
+    assert store.clip_ids() == ["hd_1080p30_stereo48k", "two_faces"] and abs(hd.n_frames - 30) <= 1
     assert hd.meta["source_video"]["width"] == 1920 and hd.audio_feats.shape[0] == hd.n_frames
     assert (np.abs(hd.landmarks[:, NOSE_TIP] / SIZE - 0.5).max(axis=1) < 0.05).mean() >= 0.95
     assert cli_main(["prepare", str(src), "--out", str(out), "--size", str(SIZE), "--workers", "1"]) == 0
-    assert "0 extracted, 0 failed, 3 skipped" in capsys.readouterr().out
+    assert "0 extracted, 0 failed, 4 skipped" in capsys.readouterr().out
     assert cli_main(["prepare", str(src), "--out", str(out), "--size", str(SIZE), "--retry-failed"]) == 1
-    assert "0 extracted, 2 failed, 1 skipped" in capsys.readouterr().out
-    assert store.clip_ids() == ["hd_1080p30_stereo48k"]
+    assert "0 extracted, 2 failed, 2 skipped" in capsys.readouterr().out
+    assert store.clip_ids() == ["hd_1080p30_stereo48k", "two_faces"]
     assert cli_main(["prepare", str(src), "--out", str(out), "--size", "128"]) == 1
     assert "size=64" in capsys.readouterr().err
