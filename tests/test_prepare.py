@@ -346,3 +346,24 @@ def test_bad_inputs_fail_per_clip_and_odd_inputs_work(fixtures_dir, tmp_path, ca
     assert store.clip_ids() == ["hd_1080p30_stereo48k", "two_faces"]
     assert cli_main(["prepare", str(src), "--out", str(out), "--size", "128"]) == 1
     assert "size=64" in capsys.readouterr().err
+
+
+def test_shards_split_the_sources_and_a_plain_run_finalises(fixtures_dir, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("face_happy", "face_sad"):
+        image = read_rgb(fixtures_dir / f"{name}.png")
+        write_video(src / f"W009_{name[5:]}_1_001.mp4", [image] * 10, fps=25)
+    out = tmp_path / "store"
+    settings = PrepareSettings(size=SIZE)
+    first = prepare([src], out, settings, shard="0/2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    second = prepare([src], out, settings)
+    assert (first["extracted"], second["extracted"], first["finalised"], first["ok"]) == (1, 1, None, 0)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    final = prepare([src], out, settings)
+    assert (final["skipped"], final["finalised"], final["ok"]) == (2, 2, 2)
+    happy = ClipStore.open(out).clip("W009_happy_1_001")
+    assert happy.meta["intensity_reference"] == "the clip's 10% least expressive frames"

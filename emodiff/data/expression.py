@@ -52,12 +52,7 @@ class ExpressionExtractor(Protocol):
 
 
 @runtime_checkable
-class StoreExpressionExtractor(Protocol):
-    name: str
-    version: str
-
-    def extract(self, frames: np.ndarray, landmarks68: np.ndarray, mesh: np.ndarray | None) -> dict[str, np.ndarray]: ...
-
+class StoreExpressionExtractor(ExpressionExtractor, Protocol):
     def fit(self, store: ClipStore, clip_ids: list[str]) -> None:
         """Fit store-level statistics over these clips and save them under store.stats_dir."""
 

@@ -348,9 +348,12 @@ def prepare(inputs: list[str | Path], out: str | Path, settings: PrepareSettings
     if count == 1:
         store.remove_partials()
     manifest = store.manifest()
-    skip_status = ("extracted", "ok") if retry_failed else ("extracted", "ok", "failed")
-    todo = [s for s in sources if not (manifest.get(s.clip_id, {}).get("status") in skip_status
-                                         and (manifest[s.clip_id]["status"] == "failed" or store.is_complete(s.clip_id)))]
+
+    def done(clip_id: str) -> bool:
+        status = manifest.get(clip_id, {}).get("status")
+        return not retry_failed if status == "failed" else status in ("extracted", "ok") and store.is_complete(clip_id)
+
+    todo = [source for source in sources if not done(source.clip_id)]
     summary = {"extracted": 0, "failed": 0, "skipped": len(sources) - len(todo), "frames": 0}
     started = time.perf_counter()
     jobs = [(str(store.root), source, settings) for source in todo]
@@ -364,7 +367,7 @@ def prepare(inputs: list[str | Path], out: str | Path, settings: PrepareSettings
             for job in jobs:
                 _record(store, _extract_in_worker(job), summary, bar)
     summary["seconds"] = time.perf_counter() - started
-    summary["finalised"] = finalise(store, settings) if count == 1 else 0
+    summary["finalised"] = finalise(store, settings) if count == 1 else None
     summary["ok"] = len(store.clip_ids())
     return summary
 
@@ -405,6 +408,8 @@ def run(args: argparse.Namespace) -> int:
     summary = prepare(args.sources, args.out, settings, args.workers, args.shard, args.retry_failed)
     rate = summary["frames"] / max(summary["seconds"], 1e-9)
     print(f"prepare: {summary['extracted']} extracted, {summary['failed']} failed, {summary['skipped']} skipped "
-          f"({summary['frames']} frames, {rate:.1f} frames/s); {summary['finalised']} finalised; "
-          f"{summary['ok']} clips ok in {args.out}")
+          f"({summary['frames']} frames, {rate:.1f} frames/s); "
+          + (f"{summary['finalised']} finalised" if summary["finalised"] is not None
+             else "finalisation left to a run without --shard")
+          + f"; {summary['ok']} clips ok in {args.out}")
     return 1 if summary["failed"] else 0
