@@ -367,3 +367,12 @@ def test_shards_split_the_sources_and_a_plain_run_finalises(fixtures_dir, tmp_pa
     assert (final["skipped"], final["finalised"], final["ok"]) == (2, 2, 2)
     happy = ClipStore.open(out).clip("W009_happy_1_001")
     assert happy.meta["intensity_reference"] == "the clip's 10% least expressive frames"
+
+
+def test_unusable_settings_fail_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "face_alignment", None)  # as if face-alignment were not installed
+    with pytest.raises(EmodiffError, match="'fan' landmark backend needs the face-alignment package"):
+        prepare([tmp_path], tmp_path / "store", PrepareSettings(landmarks="fan"))
+    with pytest.raises(EmodiffError, match="Unknown expression extractor 'flame'"):
+        prepare([tmp_path], tmp_path / "store", PrepareSettings(expression="flame"))
+    assert not (tmp_path / "store").exists()

@@ -339,8 +339,7 @@ def prepare(inputs: list[str | Path], out: str | Path, settings: PrepareSettings
         raise EmodiffError(f"--fps must be positive, got {settings.fps}.")
     make_expression_extractor(settings.expression)
     get_audio_encoder(settings.audio_features, settings.audio_model)  # a missing model fails here, once
-    if settings.landmarks not in LANDMARK_DETECTORS:
-        raise EmodiffError(f"Unknown landmark backend '{settings.landmarks}'; choose one of: {', '.join(LANDMARK_DETECTORS)}.")
+    make_detector(settings.landmarks, video=False).close()  # a missing backend or its weights fail here, once
     index, count = parse_shard(shard)
     sources = find_sources(inputs)[index::count]
     store = ClipStore.create(out)
