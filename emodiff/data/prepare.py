@@ -96,7 +96,7 @@ def find_sources(inputs: list[str | Path]) -> list[Source]:
             clip_id = clip_id_for(relative)
             if clip_id in sources and sources[clip_id] != path:
                 raise EmodiffError(f"{path} and {sources[clip_id]} would get the same clip id '{clip_id}'; "
-                                   "give their folders as separate SRC arguments with distinct names.")
+                                   "give their common parent folder as SRC so that the ids include the folder names.")
             sources[clip_id] = path
     if not sources:
         raise EmodiffError(f"No video files ({', '.join(VIDEO_EXTENSIONS)}) found in {', '.join(map(str, inputs))}.")
