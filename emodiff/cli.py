@@ -14,6 +14,8 @@ import sys
 from emodiff.errors import EmodiffError
 
 COMMANDS: dict[str, str] = {
+    "prepare": "emodiff.data.prepare",
+    "inspect": "emodiff.data.contact_sheet",
 }
 TRAIN_STAGES: dict[str, str] = {
     "readout": "emodiff.train.readout",
