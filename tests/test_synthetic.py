@@ -7,9 +7,10 @@ from omegaconf import OmegaConf
 from emodiff import cli
 from emodiff.data.datasets import EYES, MOUTH, FrameDataset, SequenceDataset, region_mask
 from emodiff.data.labels import EMOTIONS
-from emodiff.data.store import SAMPLE_RATE
+from emodiff.data.media import load_audio, read_video
+from emodiff.data.store import SAMPLE_RATE, read_wav
 from emodiff.data.synthetic import (
-    EMOTION_DIRECTIONS, EXPRESSION_DIM, EXPRESSION_PARAMS, MOUTH_OPEN, SyntheticWorld, make_store,
+    EMOTION_DIRECTIONS, EXPRESSION_DIM, EXPRESSION_PARAMS, MOUTH_OPEN, SyntheticWorld, export_videos, make_store,
 )
 from emodiff.errors import EmodiffError
 from emodiff.models.readout import ExpressionReadout
@@ -124,6 +125,19 @@ def test_store_honours_the_clip_contract(tmp_path):
     make_store(tmp_path / "syn", n_identities=3, clips_per_identity=3, n_frames=20, size=32,
                levels=(1, 3), held_out_identities=1)
     assert np.array_equal(before, store.clip(ids[3]).frames)
+
+
+def test_clips_export_to_mp4_with_their_audio(tmp_path):
+    store = make_store(tmp_path / "syn", n_identities=1, clips_per_identity=2, n_frames=25, size=32)
+    clip_id = store.clip_ids()[0]
+    (video,) = export_videos(store, tmp_path / "view", [clip_id], upscale=2)
+    frames = np.stack(list(read_video(video, fps=25)))
+    expected = np.asarray(store.clip(clip_id).frames).repeat(2, axis=1).repeat(2, axis=2)
+    assert frames.shape == expected.shape
+    assert np.abs(frames.astype(float) - expected).mean() < 8  # H.264 is lossy
+    audio, _ = store.clip(clip_id).audio()
+    assert abs(len(load_audio(video)) - len(audio)) < 0.05 * SAMPLE_RATE
+    assert np.allclose(read_wav(video.with_suffix(".wav"))[0], audio, atol=1e-3)
 
 
 def test_a_briefly_trained_readout_recovers_mouth_opening_and_emotion_on_held_out_faces(tmp_path):

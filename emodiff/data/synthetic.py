@@ -25,6 +25,7 @@ integer coordinates (x_px = c, y_px = r).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -33,8 +34,10 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 from tqdm.auto import tqdm
 
+from emodiff.data.audio_features import extract_audio_features
 from emodiff.data.labels import EMOTIONS, NEUTRAL, emotion_index
-from emodiff.data.store import SAMPLE_RATE, ClipStore, write_json_atomic
+from emodiff.data.media import VideoWriter
+from emodiff.data.store import SAMPLE_RATE, ClipStore, write_json_atomic, write_wav
 from emodiff.errors import EmodiffError
 
 EXPRESSION_PARAMS: tuple[str, ...] = (
@@ -516,23 +519,6 @@ class SyntheticClip:
     landmarks: np.ndarray
 
 
-def interim_band_energy_features(audio: np.ndarray, fps: int, n_bands: int = 16) -> np.ndarray:
-    """Log energies (T, n_bands) of log-spaced bands (80 Hz–8 kHz) per video frame: a stand-in for
-    the mel features of emodiff.data.audio_features until that module is available."""
-    hop = SAMPLE_RATE / fps
-    n_frames = int(round(len(audio) / hop))
-    width = int(np.ceil(hop))
-    starts = np.minimum((np.arange(n_frames) * hop).astype(int), max(len(audio) - width, 0))
-    padded = np.pad(audio, (0, width))
-    windows = padded[starts[:, None] + np.arange(width)] * np.hanning(width)
-    spectrum = np.abs(np.fft.rfft(windows, axis=1)) ** 2
-    freqs = np.fft.rfftfreq(width, 1.0 / SAMPLE_RATE)
-    edges = np.geomspace(80.0, SAMPLE_RATE / 2, n_bands + 1)
-    band = np.clip(np.searchsorted(edges, freqs) - 1, 0, n_bands - 1)
-    energies = np.stack([spectrum[:, band == b].sum(axis=1) for b in range(n_bands)], axis=1)
-    return np.log(energies + 1e-6).astype(np.float32)
-
-
 def _clip_plan(n_identities: int, clips_per_identity: int, emotions: Sequence[str],
                levels: Sequence[int]) -> list[tuple[int, int, str, int]]:
     """(identity, clip number, emotion, level) for every clip: a neutral clip first for each identity
@@ -573,7 +559,7 @@ def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int 
     world = SyntheticWorld(seed, size, fps)
     plan = _clip_plan(n_identities, clips_per_identity, emotions, levels)
     store = ClipStore.create(root)
-    features = "interim_band_energy"
+    features = "mel"
     done = store.clip_ids()
     for i, j, emotion, level in tqdm(plan, desc="synthetic clips", unit="clip"):
         name = f"syn{i:03d}"
@@ -587,7 +573,7 @@ def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int 
         expression[:, :len(EXPRESSION_PARAMS)] = clip.expression
         store.write_clip(clip_id, {
             "frames": clip.frames,
-            "audio_feats": interim_band_energy_features(clip.audio, fps)[:n_frames],
+            "audio_feats": extract_audio_features(clip.audio, fps, features),
             "landmarks": clip.landmarks,
             "expression": expression,
             "intensity": clip.intensity,
@@ -602,3 +588,25 @@ def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int 
         "held_out_identities": [f"syn{i:03d}" for i in range(n_identities - held_out_identities, n_identities)],
     })
     return store
+
+
+def export_videos(store: ClipStore | str | Path, out_dir: str | Path, clip_ids: Sequence[str] | None = None,
+                  upscale: int = 1) -> list[Path]:
+    """Write clips of a store as `<out_dir>/<clip id>.mp4` (H.264 with the clip's audio as AAC) and
+    `.wav` for viewing; `upscale` repeats pixels so small renders are easier to watch."""
+    store = store if isinstance(store, ClipStore) else ClipStore.open(store)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for clip_id in tqdm(clip_ids if clip_ids is not None else store.clip_ids(), desc="export", unit="clip"):
+        clip = store.clip(clip_id)
+        audio, _ = clip.audio()
+        with VideoWriter(out / f"{clip_id}.mp4", fps=clip.meta["fps"], audio=audio) as writer:
+            for frame in clip.frames:
+                writer.write(frame.repeat(upscale, axis=0).repeat(upscale, axis=1))
+        wav = out / f"{clip_id}.wav"
+        tmp = wav.with_name(f".{wav.name}.tmp-{os.getpid()}")
+        write_wav(tmp, audio)
+        os.replace(tmp, wav)
+        written.append(out / f"{clip_id}.mp4")
+    return written
