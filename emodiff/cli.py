@@ -16,6 +16,7 @@ from emodiff.errors import EmodiffError
 COMMANDS: dict[str, str] = {
     "prepare": "emodiff.data.prepare",
     "inspect": "emodiff.data.contact_sheet",
+    "synthesize": "emodiff.data.synthetic",
 }
 TRAIN_STAGES: dict[str, str] = {
     "readout": "emodiff.train.readout",

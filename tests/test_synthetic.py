@@ -8,7 +8,7 @@ from emodiff import cli
 from emodiff.data.datasets import EYES, MOUTH, FrameDataset, SequenceDataset, region_mask
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.media import load_audio, read_video
-from emodiff.data.store import SAMPLE_RATE, read_wav
+from emodiff.data.store import SAMPLE_RATE, ClipStore, read_wav
 from emodiff.data.synthetic import (
     EMOTION_DIRECTIONS, EXPRESSION_DIM, EXPRESSION_PARAMS, MOUTH_OPEN, SyntheticWorld, export_videos, make_store,
 )
@@ -163,3 +163,15 @@ def test_a_briefly_trained_readout_recovers_mouth_opening_and_emotion_on_held_ou
 def test_readout_training_reports_a_bad_config_in_one_sentence(tmp_path, capsys):
     assert cli.main(["train", "readout", "--config", str(tmp_path / "missing.yaml")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_synthesize_command_writes_a_store_and_rejects_bad_input_in_one_sentence(tmp_path, capsys):
+    root = tmp_path / "syn"
+    assert cli.main(["synthesize", str(root), "--identities", "2", "--clips", "2", "--frames", "10", "--size", "32"]) == 0
+    assert len(ClipStore.open(root).clip_ids()) == 4
+    assert cli.main(["synthesize", str(root), "--identities", "2", "--frames", "12", "--size", "32"]) == 1
+    assert "n_frames" in capsys.readouterr().err  # a resumed store must keep its world
+    assert cli.main(["synthesize", str(tmp_path / "b"), "--emotions", "bored"]) == 1
+    assert "valid emotions are" in capsys.readouterr().err
+    assert cli.main(["synthesize", str(tmp_path / "c"), "--size", "8"]) == 1
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

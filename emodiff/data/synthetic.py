@@ -1,4 +1,4 @@
-"""The synthetic world: procedural talking faces whose truth is known exactly (DESIGN §11).
+"""The synthetic world: render procedural talking faces whose truth is known into a clip store (DESIGN §11).
 
 A `SyntheticWorld` renders cartoon faces at any size with vectorised numpy (anti-aliased
 signed-distance ellipses and curves). Every face is an identity (face shape, skin, hair, eyes,
@@ -26,6 +26,8 @@ integer coordinates (x_px = c, y_px = r).
 from __future__ import annotations
 
 import os
+import argparse
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -359,7 +361,7 @@ class SyntheticWorld:
         if expr.shape[1] != len(EXPRESSION_PARAMS):
             raise ValueError(f"expression must have {len(EXPRESSION_PARAMS)} columns, got shape {expr.shape}")
         idn, h = identity, self._half
-        g = _face_geometry(idn, expr)
+        g = _face_geometry(idn, expr.astype(np.float32))
         pts = _landmarks_normalised(idn, g)
         g2 = g.expand(2)
         frames = np.repeat(self._static_layers(idn)[None], len(expr), axis=0)
@@ -558,8 +560,21 @@ def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int 
             raise EmodiffError(f"Emotion level must be one of {sorted(LEVEL_INTENSITY)}, got {level}.")
     world = SyntheticWorld(seed, size, fps)
     plan = _clip_plan(n_identities, clips_per_identity, emotions, levels)
-    store = ClipStore.create(root)
     features = "mel"
+    description = {
+        "seed": seed, "size": size, "fps": fps, "n_frames": n_frames, "expression_params": list(EXPRESSION_PARAMS),
+        "expression_dim": EXPRESSION_DIM, "emotion_directions": {e: EMOTION_DIRECTIONS[i].tolist() for i, e in enumerate(EMOTIONS)},
+        "level_intensity": LEVEL_INTENSITY, "audio_features": features,
+        "held_out_identities": [f"syn{i:03d}" for i in range(n_identities - held_out_identities, n_identities)],
+    }
+    described = Path(root) / "stats" / "synthetic_world.json"
+    if described.is_file():
+        before = json.loads(described.read_text())
+        changed = [key for key in ("seed", "size", "fps", "n_frames", "held_out_identities") if before.get(key) != description[key]]
+        if changed:
+            raise EmodiffError(f"{root} holds a synthetic world made with other {', '.join(changed)}; use a new folder.")
+    store = ClipStore.create(root)
+    write_json_atomic(described, description)
     done = store.clip_ids()
     for i, j, emotion, level in tqdm(plan, desc="synthetic clips", unit="clip"):
         name = f"syn{i:03d}"
@@ -581,12 +596,6 @@ def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int 
             "extractors": {"expression": "synthetic-truth", "landmarks": "synthetic-truth", "audio_features": features},
             "synthetic": {"seed": seed, "identity_index": i, "clip_index": j}}, audio=clip.audio)
         store.append_manifest({"id": clip_id, "source": "synthetic", "status": "ok", "n_frames": n_frames, **labels})
-    write_json_atomic(store.stats_dir / "synthetic_world.json", {
-        "seed": seed, "size": size, "fps": fps, "expression_params": list(EXPRESSION_PARAMS),
-        "expression_dim": EXPRESSION_DIM, "emotion_directions": {e: EMOTION_DIRECTIONS[i].tolist() for i, e in enumerate(EMOTIONS)},
-        "level_intensity": LEVEL_INTENSITY, "audio_features": features,
-        "held_out_identities": [f"syn{i:03d}" for i in range(n_identities - held_out_identities, n_identities)],
-    })
     return store
 
 
@@ -594,6 +603,8 @@ def export_videos(store: ClipStore | str | Path, out_dir: str | Path, clip_ids: 
                   upscale: int = 1) -> list[Path]:
     """Write clips of a store as `<out_dir>/<clip id>.mp4` (H.264 with the clip's audio as AAC) and
     `.wav` for viewing; `upscale` repeats pixels so small renders are easier to watch."""
+    if upscale < 1:
+        raise EmodiffError(f"The upscale factor must be a positive integer, got {upscale}.")
     store = store if isinstance(store, ClipStore) else ClipStore.open(store)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -610,3 +621,28 @@ def export_videos(store: ClipStore | str | Path, out_dir: str | Path, clip_ids: 
         os.replace(tmp, wav)
         written.append(out / f"{clip_id}.mp4")
     return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", type=Path, help="clip store folder to create or complete")
+    parser.add_argument("--identities", type=int, default=8, help="number of identities (default 8)")
+    parser.add_argument("--clips", type=int, default=4, help="clips per identity, the first one neutral (default 4)")
+    parser.add_argument("--frames", type=int, default=50, help="frames per clip (default 50)")
+    parser.add_argument("--size", type=int, default=64, help="frame size in pixels (default 64)")
+    parser.add_argument("--fps", type=int, default=25, help="frame rate (default 25)")
+    parser.add_argument("--emotions", nargs="+", default=list(EMOTIONS), help="emotions to include (default: all)")
+    parser.add_argument("--levels", nargs="+", type=int, default=[1, 2, 3], help="MEAD levels (default: 1 2 3)")
+    parser.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    parser.add_argument("--held-out", type=int, default=0, help="last identities marked split=test (default 0)")
+    parser.add_argument("--export", type=Path, help="also write every clip as mp4 + wav into this folder")
+    parser.add_argument("--upscale", type=int, default=1, help="pixel repeat factor for the exported videos")
+
+
+def run(args: argparse.Namespace) -> int:
+    store = make_store(args.store, args.identities, args.clips, args.frames, args.size, args.fps, args.emotions,
+                       args.levels, args.seed, args.held_out)
+    print(f"{len(store.clip_ids())} synthetic clips in {store.root}")
+    if args.export is not None:
+        export_videos(store, args.export, upscale=args.upscale)
+        print(f"videos in {args.export}")
+    return 0
