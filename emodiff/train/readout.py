@@ -84,7 +84,10 @@ def augment(images: torch.Tensor, blur: float, noise: float, colour: float, shif
     """Per-image random shift/scale (± `shift` of the width), Gaussian blur (σ up to `blur` pixels),
     gain/offset (± `colour`) and pixel noise (σ up to `noise`) on images in [-1, 1]."""
     b, c, h, w = images.shape
-    rand = lambda *shape: torch.rand(*shape, generator=generator).to(images.device)  # noqa: E731
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator).to(images.device)
+
     theta = torch.zeros(b, 2, 3, device=images.device)
     scale = 1.0 + shift * (2 * rand(b) - 1)
     theta[:, 0, 0], theta[:, 1, 1] = scale, scale
