@@ -258,6 +258,14 @@ def _landmarks_normalised(idn: Identity, g: _Face) -> np.ndarray:
     return pts
 
 
+def _as_expression(expression: np.ndarray, dtype: type) -> np.ndarray:
+    """Expressions as a (T, 8) array of `dtype`; a single (8,) vector becomes T = 1."""
+    expr = np.atleast_2d(np.asarray(expression, dtype=dtype))
+    if expr.ndim != 2 or expr.shape[1] != len(EXPRESSION_PARAMS):
+        raise ValueError(f"expression must have shape (T, {len(EXPRESSION_PARAMS)}), got {expr.shape}")
+    return expr
+
+
 def _coverage(distance_px: np.ndarray) -> np.ndarray:
     """Anti-aliased coverage of a shape from its signed distance in pixels (negative inside)."""
     return np.clip(0.5 - distance_px, 0.0, 1.0)
@@ -309,7 +317,7 @@ class SyntheticWorld:
     # -- geometry ---------------------------------------------------------------------------
     def landmarks(self, identity: Identity, expression: np.ndarray) -> np.ndarray:
         """True iBUG-68 landmarks (T, 68, 2) in crop pixels for expressions (T, 8)."""
-        g = _face_geometry(identity, np.atleast_2d(np.asarray(expression, dtype=np.float64)))
+        g = _face_geometry(identity, _as_expression(expression, np.float64))
         pts = _landmarks_normalised(identity, g) - np.array([0.0, CROP_CENTRE_Y])
         return (pts * self._half + (self.size / 2.0 - 0.5)).astype(np.float32)
 
@@ -357,11 +365,9 @@ class SyntheticWorld:
 
     def render(self, identity: Identity, expression: np.ndarray) -> np.ndarray:
         """Frames (T, S, S, 3) uint8 of `identity` showing each expression of (T, 8)."""
-        expr = np.atleast_2d(np.asarray(expression, dtype=np.float64))
-        if expr.shape[1] != len(EXPRESSION_PARAMS):
-            raise ValueError(f"expression must have {len(EXPRESSION_PARAMS)} columns, got shape {expr.shape}")
+        expr = _as_expression(expression, np.float32)
         idn, h = identity, self._half
-        g = _face_geometry(idn, expr.astype(np.float32))
+        g = _face_geometry(idn, expr)
         pts = _landmarks_normalised(idn, g)
         g2 = g.expand(2)
         frames = np.repeat(self._static_layers(idn)[None], len(expr), axis=0)

@@ -14,6 +14,7 @@ accuracy at k ≥ 0.5).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import shutil
@@ -61,19 +62,22 @@ def sample_faces(world: SyntheticWorld, rng: np.random.Generator, n: int, n_iden
 
 
 class RenderedFaces(IterableDataset):
-    """An endless stream of batches from `sample_faces`; each worker and process has its own stream."""
+    """An endless stream of batches from `sample_faces`, from `start_step` on. Batch s is a pure function
+    of (stream_seed, process_index, s), and DataLoader workers take the steps in turn, so a resumed
+    run sees exactly the batches an unbroken run would."""
 
     def __init__(self, world_seed: int, size: int, batch_size: int, identities_per_batch: int,
-                 expression_spread: float, stream_seed: int, process_index: int = 0):
+                 expression_spread: float, stream_seed: int, process_index: int = 0, start_step: int = 0):
         self.world_seed, self.size, self.batch_size = world_seed, size, batch_size
         self.identities_per_batch, self.expression_spread = identities_per_batch, expression_spread
-        self.stream_seed, self.process_index = stream_seed, process_index
+        self.stream_seed, self.process_index, self.start_step = stream_seed, process_index, start_step
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker = get_worker_info()
-        rng = np.random.default_rng([self.stream_seed, self.process_index, worker.id if worker else 0])
+        first, every = (worker.id, worker.num_workers) if worker else (0, 1)
         world = SyntheticWorld(self.world_seed, self.size)
-        while True:
+        for step in itertools.count(self.start_step + first, every):
+            rng = np.random.default_rng([self.stream_seed, self.process_index, step])
             faces = sample_faces(world, rng, self.batch_size, self.identities_per_batch, self.expression_spread)
             yield {"images": frames_to_tensor(faces["frames"]),
                    **{key: torch.from_numpy(faces[key]) for key in ("expression", "emotion", "intensity")}}
@@ -139,7 +143,12 @@ def evaluate_readout(model: ExpressionReadout, world_seed: int, size: int, n_sam
 
 
 def train(config: DictConfig) -> Path:
-    """Run the readout training of `config`; returns the folder of the saved model (+ metrics.json)."""
+    """Run the readout training of `config`; returns the folder of the saved model (+ metrics.json).
+
+    Every `train.checkpoint_every` steps the accelerate state (model, optimizer, schedule) is saved
+    atomically under <output_dir>/checkpoints/; a new run with the same output_dir resumes from the
+    latest one exactly (batches and augmentation are functions of the step).
+    """
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=config.get("mixed_precision", "no"))
@@ -151,15 +160,19 @@ def train(config: DictConfig) -> Path:
     warmup = max(1, tc.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(s / tc.steps, 1.0))))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    output = Path(config.output_dir)
+    checkpoints = output / "checkpoints"
+    start_step = _resume(accelerator, checkpoints)
     faces = RenderedFaces(config.world.seed, size, tc.batch_size, tc.identities_per_batch, tc.expression_spread,
-                          stream_seed=config.seed, process_index=accelerator.process_index)
+                          stream_seed=config.seed, process_index=accelerator.process_index, start_step=start_step)
     loader = DataLoader(faces, batch_size=None, num_workers=tc.num_workers)
-    generator = torch.Generator().manual_seed(config.seed * 7919 + accelerator.process_index)
     aug = tc.augment
-    progress = tqdm(range(tc.steps), desc="readout", disable=not accelerator.is_main_process)
+    progress = tqdm(range(start_step, tc.steps), desc="readout", initial=start_step, total=tc.steps,
+                    disable=not accelerator.is_main_process)
     model.train()
     for step, batch in zip(progress, loader):
+        generator = torch.Generator().manual_seed(_seed_of(config.seed, accelerator.process_index, step))
         images = augment(batch["images"].to(accelerator.device), aug.blur, aug.noise, aug.colour, aug.shift, generator)
         out = model(images)
         target = batch["expression"].to(accelerator.device)
@@ -169,14 +182,15 @@ def train(config: DictConfig) -> Path:
         emotion_loss = (F.cross_entropy(out.emotion_logits.float(), emotion, reduction="none") * weight).sum() / weight.sum()
         loss = expression_loss + tc.emotion_weight * emotion_loss
         if not torch.isfinite(loss):
-            raise EmodiffError(f"Readout training diverged at step {step} (loss {loss.item()}); nothing was saved.")
+            raise EmodiffError(f"Readout training diverged at step {step} (loss {loss.item()}); the last checkpoint is kept.")
         accelerator.backward(loss)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         if step % 50 == 0:
             progress.set_postfix(expression=f"{expression_loss.item():.4f}", emotion=f"{emotion_loss.item():.3f}")
-    output = Path(config.output_dir)
+        if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps:
+            _checkpoint(accelerator, checkpoints, step + 1, tc.keep_checkpoints)
     if accelerator.is_main_process:
         readout = accelerator.unwrap_model(model).eval()
         metrics = evaluate_readout(readout, config.world.seed + 1, size, tc.eval_samples, tc.expression_spread)
@@ -186,16 +200,46 @@ def train(config: DictConfig) -> Path:
     return output
 
 
+def _seed_of(*numbers: int) -> int:
+    """A 32-bit seed mixed from several integers (numpy SeedSequence)."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1)[0])
+
+
+def _checkpoint(accelerator: Any, checkpoints: Path, step: int, keep: int) -> None:
+    """accelerate save_state (all processes) into a temporary folder renamed to step_<n>; keeps the last `keep`."""
+    tmp = checkpoints / f".step_{step:08d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.replace(tmp, checkpoints / f"step_{step:08d}")
+        for old in sorted(checkpoints.glob("step_*"))[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _resume(accelerator: Any, checkpoints: Path) -> int:
+    """Load the latest complete checkpoint, if any; returns the step to continue from."""
+    done = sorted(checkpoints.glob("step_*"))
+    if not done:
+        return 0
+    accelerator.load_state(str(done[-1]))
+    accelerator.print(f"resuming from {done[-1]}")
+    return int(done[-1].name.split("_")[1])
+
+
 def save_readout(model: ExpressionReadout, output: Path, metrics: dict[str, Any]) -> None:
-    """save_pretrained + metrics.json into a temporary folder renamed onto `output`."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    """save_pretrained + metrics.json into `output` (next to checkpoints/), each file renamed into place."""
+    output.mkdir(parents=True, exist_ok=True)
+    tmp = output / f".model.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     write_json_atomic(tmp / "metrics.json", metrics)
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(tmp, output)
+    for path in tmp.iterdir():
+        os.replace(path, output / path.name)
+    tmp.rmdir()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
