@@ -8,7 +8,8 @@ intensity k, a random mouth opening, and Gaussian spread on all eight parameters
 learned on its own. Light augmentation (blur, noise, colour, small shifts) makes the readout
 robust to imperfect generated frames. The model is evaluated on identities of another world seed
 (held out) and saved with `save_pretrained`, next to metrics.json (R² per parameter, emotion
-accuracy at k ≥ 0.5).
+accuracy at k ≥ 0.5). Checkpoints go to <output_dir>/checkpoints/; rerunning the same command
+resumes from the latest one.
 """
 
 from __future__ import annotations
