@@ -50,7 +50,7 @@ def test_emotions_are_distinct_unit_directions_and_neutral_is_the_origin():
     world = SyntheticWorld(0, 64)
     frames = world.render(world.identity(0), EMOTION_DIRECTIONS).astype(float)
     gaps = np.abs(frames[:, None] - frames[None]).mean(axis=(2, 3, 4))
-    assert gaps[~np.eye(8, dtype=bool)].min() > 0.15  # grey levels over the whole image; measured ≥ 0.24
+    assert gaps[~np.eye(8, dtype=bool)].min() > 0.2  # grey levels over the whole image; measured ≥ 0.37
 
 
 def test_any_size_renders_and_landmarks_scale_with_it():
