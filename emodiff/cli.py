@@ -14,6 +14,7 @@ import sys
 from emodiff.errors import EmodiffError
 
 COMMANDS: dict[str, str] = {
+    "doctor": "emodiff.doctor",
 }
 TRAIN_STAGES: dict[str, str] = {
 }
