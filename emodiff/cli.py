@@ -14,6 +14,7 @@ import sys
 from emodiff.errors import EmodiffError
 
 COMMANDS: dict[str, str] = {
+    "schedule": "emodiff.control.preview",
 }
 TRAIN_STAGES: dict[str, str] = {
 }
