@@ -15,6 +15,7 @@ from emodiff.errors import EmodiffError
 
 COMMANDS: dict[str, str] = {
     "doctor": "emodiff.doctor",
+    "sample": "emodiff.sample",
     "schedule": "emodiff.control.preview",
 }
 TRAIN_STAGES: dict[str, str] = {

@@ -28,18 +28,20 @@ from diffusers.models.modeling_utils import ModelMixin
 from tqdm.auto import tqdm
 
 from emodiff import __version__
-from emodiff.control import interpolate_expression
+from emodiff.control import expression_condition, parse_emotions, parse_intensity
 from emodiff.data.datasets import frames_to_tensor, window_indices
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.store import ClipStore
 from emodiff.errors import EmodiffError
 
-# sampler name -> (diffusers scheduler class, config overrides); DDPM keeps the learned-range variance (eq. 5).
+# sampler name -> (diffusers scheduler class, settings); DDPM keeps the learned-range variance (eq. 5).
 SAMPLERS: dict[str, tuple[type, dict]] = {
-    "ddpm": (DDPMScheduler, {"variance_type": "learned_range"}),
-    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {"variance_type": "learned_range", "clip_sample": True}),
+    "ddim": (DDIMScheduler, {"clip_sample": True}),
     "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
 }
+# the keys of the saved scheduler that define the trained noise schedule (the β_t of eq. 1)
+NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
 COMPONENTS = ("unet", "reference_net", "scheduler", "expression_reference", "expression_generator",
               "intensity_predictor", "super_resolution")
 OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_resolution")
@@ -91,7 +93,7 @@ class VideoConditions:
     audio: torch.Tensor       # (T, F) frame-aligned audio features
     expression: torch.Tensor  # (T, D) e_o per frame
     intensity: torch.Tensor   # (T,) k per frame
-    emotion: torch.Tensor     # (T,) dominant emotion index per frame
+    emotion_weights: torch.Tensor  # (T, len(EMOTIONS)) emotion mix per frame (a timeline cross-fades)
 
     @property
     def n_frames(self) -> int:
@@ -180,35 +182,61 @@ class EmoDiffPipeline:
         return next(self.unet.parameters()).device
 
     # ------------------------------------------------------------------------------------ conditions
-    def expression_sequence(self, emotion_weights: np.ndarray, intensity: np.ndarray,
-                            generator: torch.Generator | None = None) -> torch.Tensor:
-        """e_o (T, D) per frame: e_n + k·(e_y − e_n) (eq. 14–15), e_y blended over the emotion weights (T, E).
+    def expression_sequence(self, emotion_weights: np.ndarray, intensity: np.ndarray, seed: int = 0) -> np.ndarray:
+        """e_o (T, D) per frame: e_n + k·(e_y − e_n) (eq. 14–15), e_y mixed over the emotion weights (T, E).
 
         With an expression generator, each present emotion's e_y sequence is synthesised by G (paper §3.3);
         otherwise it is the stored per-emotion target.
         """
-        weights = torch.as_tensor(emotion_weights, dtype=torch.float32)
-        n_frames = len(weights)
+        n_frames = len(emotion_weights)
         reference = self.expression_reference
-        targets = torch.zeros(n_frames, reference.neutral.shape[0])
-        for e in torch.nonzero(weights.sum(0) > 0).flatten().tolist():
-            if self.expression_generator is not None:
-                sequence = self.expression_generator.generate(torch.tensor([e]), n_frames, generator=generator)[0]
-            else:
-                sequence = reference.targets[e].cpu().expand(n_frames, -1)
-            targets += weights[:, e:e + 1] * sequence.float().cpu()
-        k = torch.as_tensor(intensity, dtype=torch.float32)
-        return interpolate_expression(reference.neutral.cpu(), targets, k)
+        targets = reference.targets.cpu().numpy()[:, None].repeat(n_frames, 1)  # (E, T, D)
+        if self.expression_generator is not None:
+            generator = torch.Generator().manual_seed(seed)
+            for e in np.flatnonzero(emotion_weights.any(0)):
+                targets[e] = self.expression_generator.generate(torch.tensor([e]), n_frames, generator=generator)[0].cpu().numpy()
+        return expression_condition(reference.neutral.cpu().numpy(), targets, emotion_weights, intensity)
+
+    def conditions(self, identity_image: np.ndarray, audio: np.ndarray, emotion: str, intensity: str | float,
+                   *, interpolation: str = "linear", seed: int = 0) -> VideoConditions:
+        """Align the identity image, extract the audio features and build the per-frame expression condition.
+
+        `emotion` is a name or a timeline (`"happy@0,surprised@2"`), `intensity` a `parse_intensity` SPEC.
+        The video has one frame per audio-feature row, T = round(duration × fps).
+        """
+        from emodiff.data.align import align_image  # imports mediapipe: only when an image is aligned
+        from emodiff.data.audio_features import check_speech, extract_audio_features
+
+        fps, resolution = self.settings["fps"], self.settings["resolution"]
+        check_speech(audio)
+        features = extract_audio_features(audio, fps, kind=self.settings["audio_features"])
+        n_frames = len(features)
+        weights = parse_emotions(emotion, n_frames, fps).weights(n_frames, fps)
+        k = parse_intensity(intensity, n_frames, fps, interpolation=interpolation, audio_features=features,
+                            predictor=self.intensity_predictor)
+        crop = align_image(identity_image, resolution)
+        return VideoConditions(
+            identity=frames_to_tensor(crop),
+            audio=torch.as_tensor(np.asarray(features, dtype=np.float32)),
+            expression=torch.as_tensor(self.expression_sequence(weights, k, seed), dtype=torch.float32),
+            intensity=torch.as_tensor(k, dtype=torch.float32),
+            emotion_weights=torch.as_tensor(weights),
+        )
 
     # -------------------------------------------------------------------------------------- sampling
     def make_sampler(self, sampler: str, steps: int) -> ConfigMixin:
-        """A diffusers scheduler of the requested kind with the trained betas, set to `steps` steps."""
+        """A diffusers scheduler of the requested kind with the trained β schedule, set to `steps` steps.
+
+        Only the noise schedule is taken from the saved scheduler, so every sampler behaves the same whichever
+        scheduler class the pipeline was saved with."""
         if sampler not in SAMPLERS:
             raise EmodiffError(f"Unknown sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}.")
         if steps < 1:
             raise EmodiffError(f"The number of sampling steps must be at least 1, not {steps}.")
-        scheduler_cls, overrides = SAMPLERS[sampler]
-        scheduler = scheduler_cls.from_config(self.scheduler.config, **overrides)
+        scheduler_cls, settings = SAMPLERS[sampler]
+        betas = {key: self.scheduler.config[key] for key in NOISE_SCHEDULE_KEYS if key in self.scheduler.config}
+        # "trailing" spacing starts every sampler at t = T−1 whatever the step count
+        scheduler = scheduler_cls(**betas, **settings, timestep_spacing="trailing")
         scheduler.set_timesteps(steps)
         return scheduler
 
@@ -264,7 +292,7 @@ class EmoDiffPipeline:
                 "motion": torch.cat([previous[0][index], previous[1][index]], 1),
                 "audio": torch.stack([videos[v].audio[w] for v, w in zip(active, windows)]).to(device, dtype),
                 "expression": torch.stack([videos[v].expression[w] for v, w in zip(active, windows)]).to(device, dtype),
-                "emotion": torch.stack([videos[v].emotion[i] for v in active]).to(device),
+                "emotion": torch.stack([videos[v].emotion_weights[i].argmax() for v in active]).to(device),
                 "intensity": torch.stack([videos[v].intensity[i] for v in active]).to(device, dtype),
                 "reference_features": [f[index] for f in reference_features],
             }
