@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "doctor": "emodiff.doctor",
     "sample": "emodiff.sample",
     "schedule": "emodiff.control.preview",
+    "prepare": "emodiff.data.prepare",
+    "inspect": "emodiff.data.contact_sheet",
 }
 TRAIN_STAGES: dict[str, str] = {
 }
