@@ -22,9 +22,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
 from emodiff import __version__
@@ -32,17 +32,12 @@ from emodiff.control import expression_condition, parse_emotions, parse_intensit
 from emodiff.data.datasets import frames_to_tensor, window_indices
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.store import ClipStore
+from emodiff.diffusion.schedulers import make_scheduler, scheduler_model_output
 from emodiff.errors import EmodiffError
 
-# sampler name -> (diffusers scheduler class, settings); DDPM keeps the learned-range variance (eq. 5).
-SAMPLERS: dict[str, tuple[type, dict]] = {
-    "ddpm": (DDPMScheduler, {"variance_type": "learned_range", "clip_sample": True}),
-    "ddim": (DDIMScheduler, {"clip_sample": True}),
-    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
-}
-# the keys of the saved scheduler that define the trained noise schedule (the β_t of eq. 1)
-NOISE_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
-COMPONENTS = ("unet", "reference_net", "scheduler", "expression_reference", "expression_generator",
+# command-line sampler names -> `make_scheduler` names
+SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpmsolver++"}
+COMPONENTS = ("unet", "reference_net", "expression_reference", "expression_generator",
               "intensity_predictor", "super_resolution")
 OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_resolution")
 _LOADABLE_MODULES = ("emodiff.", "diffusers")  # model_index.json may only name classes from these
@@ -104,18 +99,20 @@ class EmoDiffPipeline:
     """Composes audio features, expression targets/generator, intensity schedule or predictor, ReferenceNet,
     denoiser, scheduler and optional super-resolution into frame-by-frame sampling (paper §3.4)."""
 
-    def __init__(self, unet: ModelMixin, reference_net: ModelMixin, scheduler: ConfigMixin,
-                 expression_reference: ExpressionReference, expression_generator: ModelMixin | None = None,
-                 intensity_predictor: ModelMixin | None = None, super_resolution: ModelMixin | None = None,
-                 *, resolution: int, window: int = 2, fps: float = 25.0, audio_features: str = "mel") -> None:
+    def __init__(self, unet: ModelMixin, reference_net: ModelMixin, expression_reference: ExpressionReference,
+                 expression_generator: ModelMixin | None = None, intensity_predictor: ModelMixin | None = None,
+                 super_resolution: ModelMixin | None = None, *, diffusion: dict, resolution: int, window: int = 2,
+                 fps: float = 25.0, audio_features: str = "mel") -> None:
+        """`diffusion` is the training config's diffusion section (beta_schedule, num_train_timesteps): the
+        sampler of each call is made from it by `make_scheduler`, so DDPM, DDIM and DPM-Solver++ share its β_t."""
         self.unet = unet
         self.reference_net = reference_net
-        self.scheduler = scheduler
         self.expression_reference = expression_reference
         self.expression_generator = expression_generator
         self.intensity_predictor = intensity_predictor
         self.super_resolution = super_resolution
-        self.settings = {"resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features}
+        self.settings = {"diffusion": {key: diffusion[key] for key in ("beta_schedule", "num_train_timesteps")},
+                         "resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features}
 
     # ----------------------------------------------------------------------------------------- storage
     def components(self) -> dict[str, object | None]:
@@ -163,7 +160,9 @@ class EmoDiffPipeline:
             except (OSError, ValueError, KeyError, AttributeError, RuntimeError, ImportError, TypeError) as err:
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise EmodiffError(f"Cannot load the {name} of the pipeline at {directory}: {reason}") from err
-        settings = {key: index[key] for key in ("resolution", "window", "fps", "audio_features") if key in index}
+        settings = {key: index[key] for key in ("diffusion", "resolution", "window", "fps", "audio_features") if key in index}
+        if "diffusion" not in settings or "resolution" not in settings:
+            raise EmodiffError(f"{index_path} lacks the diffusion and resolution settings of the pipeline.")
         pipeline = cls(**components, **settings)
         for module in pipeline.modules():
             module.eval()
@@ -224,21 +223,13 @@ class EmoDiffPipeline:
         )
 
     # -------------------------------------------------------------------------------------- sampling
-    def make_sampler(self, sampler: str, steps: int) -> ConfigMixin:
-        """A diffusers scheduler of the requested kind with the trained β schedule, set to `steps` steps.
-
-        Only the noise schedule is taken from the saved scheduler, so every sampler behaves the same whichever
-        scheduler class the pipeline was saved with."""
+    def make_sampler(self, sampler: str, steps: int) -> SchedulerMixin:
+        """A diffusers scheduler of the requested kind with the trained β schedule (validates `steps`)."""
         if sampler not in SAMPLERS:
             raise EmodiffError(f"Unknown sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}.")
         if steps < 1:
             raise EmodiffError(f"The number of sampling steps must be at least 1, not {steps}.")
-        scheduler_cls, settings = SAMPLERS[sampler]
-        betas = {key: self.scheduler.config[key] for key in NOISE_SCHEDULE_KEYS if key in self.scheduler.config}
-        # "trailing" spacing starts every sampler at t = T−1 whatever the step count
-        scheduler = scheduler_cls(**betas, **settings, timestep_spacing="trailing")
-        scheduler.set_timesteps(steps)
-        return scheduler
+        return make_scheduler(SAMPLERS[sampler], self.settings["diffusion"])
 
     def _guided_prediction(self, x: torch.Tensor, t: torch.Tensor, rows: list[tuple[bool, bool]],
                            inputs: dict[str, torch.Tensor], cfg_audio: float, cfg_expression: float) -> torch.Tensor:
@@ -282,7 +273,6 @@ class EmoDiffPipeline:
         reference_features = self.reference_net(identity)  # once per video (DESIGN §5.1)
         previous = [identity, identity]  # x^(i-2), x^(i-1): the identity image before the first frame
         lengths = [v.n_frames for v in videos]
-        passes_full_output = sampler == "ddpm"  # DDPM uses the learned variance channels; the others take ε
         for i in tqdm(range(max(lengths)), desc="sampling frames", unit="frame", disable=not progress):
             active = [v for v in range(len(videos)) if i < lengths[v]]
             index = torch.tensor(active, device=device)
@@ -306,9 +296,7 @@ class EmoDiffPipeline:
             for t in scheduler.timesteps:
                 model_input = scheduler.scale_model_input(x, t).to(dtype)
                 prediction = self._guided_prediction(model_input, t.to(device), rows, inputs, cfg_audio, cfg_expression)
-                if not passes_full_output:
-                    prediction = prediction[:, :3]
-                x = scheduler.step(prediction, t, x, generator=frame_generators).prev_sample
+                x = scheduler.step(scheduler_model_output(scheduler, prediction), t, x, generator=frame_generators).prev_sample
             frames = x.clamp(-1, 1)
             new = torch.zeros_like(identity)
             new[index] = frames.to(dtype)

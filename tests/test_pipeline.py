@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
 
 from emodiff.data.labels import EMOTIONS
 from emodiff.errors import EmodiffError
@@ -33,9 +32,9 @@ def tiny_pipeline(seed: int = 0, super_resolution: RRDBNet | None = None) -> Emo
                 param.normal_(std=0.05)
     reference = ExpressionReference(expression_dim=EXP_DIM)
     reference.targets.normal_()
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", variance_type="learned_range")
-    return EmoDiffPipeline(unet.eval(), ReferenceNet.matching(unet).eval(), scheduler, reference,
-                           super_resolution=super_resolution, resolution=SIZE, window=2, fps=25.0)
+    return EmoDiffPipeline(unet.eval(), ReferenceNet.matching(unet).eval(), reference, super_resolution=super_resolution,
+                           diffusion={"beta_schedule": "linear", "num_train_timesteps": 1000}, resolution=SIZE,
+                           window=2, fps=25.0)
 
 
 def random_video(n_frames: int, seed: int, emotion: int = 5) -> VideoConditions:
