@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "emodiff.data.contact_sheet",
 }
 TRAIN_STAGES: dict[str, str] = {
+    "intensity": "emodiff.train.intensity",
 }
 
 

@@ -1,0 +1,62 @@
+"""Train the audio-to-intensity VAE on the store's pseudo intensities (Monte-Carlo ELBO, eq. 1).
+
+  emodiff train intensity --store STORE [--config configs/intensity.yaml] [--output DIR] [key=value ...]
+  accelerate launch -m emodiff.train.intensity --store STORE
+
+Resumes exactly from the newest checkpoint in OUTPUT/checkpoints; the model is saved to OUTPUT/model.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from emodiff.models.intensity_vae import IntensityVAE
+from emodiff.train.common import (Checkpoints, add_training_arguments, batches, check_finite, load_config,
+                                  progress, run_as_module, save_model, sequence_dataset, start_run)
+
+
+def train(config: DictConfig) -> Path:
+    """Run (or resume) training as configured; returns the saved model folder."""
+    out = Path(config.output_dir)
+    accelerator = start_run(config)
+    dataset = sequence_dataset(config, require_audio=True)
+    model = IntensityVAE(audio_dim=dataset[0]["audio"].shape[-1], **config.model)
+    tc = config.train
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, betas=tuple(tc.adam_betas))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    checkpoints = Checkpoints(accelerator, out / "checkpoints", tc.keep_checkpoints)
+    start = checkpoints.resume()
+    stream = batches(accelerator, dataset, tc.batch_size, config.seed, start, config.data.num_workers)
+    bar = progress(accelerator, start, tc.max_steps, "intensity")
+    for step in bar:
+        batch = next(stream)
+        terms = model(batch["intensity"], batch["audio"])
+        kl_weight = tc.kl_weight * min(1.0, (step + 1) / max(tc.kl_warmup_steps, 1))
+        loss = terms["recon"] + kl_weight * terms["kl"]
+        check_finite({"reconstruction": terms["recon"], "KL": terms["kl"]}, step)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        bar.set_postfix(recon=f"{terms['recon'].item():.3f}", kl=f"{terms['kl'].item():.3f}")
+        if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.max_steps:
+            checkpoints.save(step + 1)
+    return save_model(accelerator, model, out / "model")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_training_arguments(parser, "intensity.yaml")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = train(load_config(args))
+    print(f"intensity predictor saved to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_as_module("intensity")
