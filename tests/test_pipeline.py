@@ -19,12 +19,12 @@ from tests.conftest import write_random_store
 SIZE, AUDIO_DIM, EXP_DIM = 16, 8, 6
 
 
-def tiny_pipeline(seed: int = 0, super_resolution: RRDBNet | None = None) -> EmoDiffPipeline:
+def tiny_pipeline(seed: int = 0, super_resolution: RRDBNet | None = None, audio_dim: int = AUDIO_DIM) -> EmoDiffPipeline:
     """A random tiny pipeline; zero-initialised layers (output, FiLM) get small random weights so that the
     prediction depends on every input."""
     torch.manual_seed(seed)
     unet = DenoisingUNet(sample_size=SIZE, base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
-                         reference_levels=(1, 2), num_heads=2, groups=8, embedding_dim=32, audio_dim=AUDIO_DIM,
+                         reference_levels=(1, 2), num_heads=2, groups=8, embedding_dim=32, audio_dim=audio_dim,
                          expression_dim=EXP_DIM, window=2)
     with torch.no_grad():
         for param in unet.parameters():
