@@ -232,15 +232,14 @@ class EmoDiffPipeline:
         return make_scheduler(SAMPLERS[sampler], self.settings["diffusion"])
 
     def _guided_prediction(self, x: torch.Tensor, t: torch.Tensor, rows: list[tuple[bool, bool]],
-                           inputs: dict[str, torch.Tensor], cfg_audio: float, cfg_expression: float) -> torch.Tensor:
-        """One batched UNet call over the guidance rows, combined as
-        ε = ε(∅,∅) + s_a·(ε(a,∅) − ε(∅,∅)) + s_e·(ε(a,e) − ε(a,∅)); the variance channels come from ε(a,e)."""
-        n_rows, batch = len(rows), x.shape[0]
-        keep = torch.tensor(rows, device=x.device).repeat_interleave(batch, 0)
-        model_input = x.repeat(n_rows, 1, 1, 1)
-        out = self.unet(model_input, t.expand(len(model_input)), audio_keep=keep[:, 0], expression_keep=keep[:, 1],
-                        **inputs)
-        out = dict(zip(rows, out.float().chunk(n_rows)))
+                           inputs: dict[str, object], cfg_audio: float, cfg_expression: float) -> torch.Tensor:
+        """One batched UNet call over the guidance rows (`inputs` already repeated per row, with the keep masks),
+        combined as ε = ε(∅,∅) + s_a·(ε(a,∅) − ε(∅,∅)) + s_e·(ε(a,e) − ε(a,∅)); the variance comes from ε(a,e)."""
+        model_input = x if len(rows) == 1 else x.repeat(len(rows), 1, 1, 1)
+        out = self.unet(model_input, t, **inputs).float()
+        if len(rows) == 1:
+            return out
+        out = dict(zip(rows, out.chunk(len(rows))))
         full = out[(True, True)]
         eps = full[:, :3]
         if cfg_expression != 1.0:
@@ -289,6 +288,8 @@ class EmoDiffPipeline:
             inputs = {key: (value.repeat(len(rows), *[1] * (value.dim() - 1)) if key != "reference_features"
                             else [f.repeat(len(rows), *[1] * (f.dim() - 1)) for f in value])
                       for key, value in conditions.items()}
+            keep = torch.tensor(rows, device=device).repeat_interleave(len(active), 0)
+            inputs.update(audio_keep=keep[:, 0], expression_keep=keep[:, 1])
             frame_generators = [generators[v] for v in active]
             x = torch.stack([torch.randn(identity.shape[1:], generator=g, device=device) for g in frame_generators])
             x = x * scheduler.init_noise_sigma
