@@ -8,11 +8,15 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from emodiff.cli import main
 from emodiff.data.audio_features import audio_feature_dim
 from emodiff.data.media import load_audio, probe, read_video
 from emodiff.data.store import write_wav
+from emodiff.models.intensity_vae import IntensityVAE
+from emodiff.models.rrdbnet import RRDBNet
+from emodiff.pipeline import EmoDiffPipeline
 from tests.test_pipeline import tiny_pipeline
 
 FPS = 25
@@ -79,6 +83,22 @@ def test_sample_writes_video_with_input_audio_and_is_deterministic(checkpoint, m
     other = tmp_path / "other_seed.mp4"
     assert main(sample_args(checkpoint, media, other, **{"--seed": 4})) == 0
     assert np.abs(frames_of(other).astype(int) - frames).mean() > 1
+
+
+def test_super_resolution_and_audio_predicted_intensity(checkpoint, media, tmp_path):
+    pipeline = EmoDiffPipeline.from_pretrained(checkpoint)
+    torch.manual_seed(0)
+    pipeline.intensity_predictor = IntensityVAE(audio_dim=audio_feature_dim("mel", FPS), hidden=8, latent_channels=2,
+                                                n_layers=1, n_flows=1)
+    pipeline.save_pretrained(tmp_path / "with_predictor")
+    sr_weights = tmp_path / "RealESRGAN_tiny_x2.pth"
+    torch.save({"params_ema": RRDBNet(scale=2, num_feat=8, num_block=1, num_grow_ch=4).state_dict()}, sr_weights)
+    out = tmp_path / "sr.mp4"
+    args = sample_args(tmp_path / "with_predictor", media, out, **{"--intensity": "audio"})
+    assert main(args + ["--sr", "x2", "--sr-weights", str(sr_weights)]) == 0
+    assert frames_of(out).shape[1:] == (32, 32, 3)
+    assert (tmp_path / "sr.intensity.png").is_file()
+    assert main(sample_args(checkpoint, media, tmp_path / "no_predictor.mp4", **{"--intensity": "audio"})) == 1
 
 
 def test_jobs_file_samples_a_batch_like_single_runs(checkpoint, media, tmp_path):
