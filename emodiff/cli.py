@@ -16,6 +16,7 @@ from emodiff.errors import EmodiffError
 COMMANDS: dict[str, str] = {
 }
 TRAIN_STAGES: dict[str, str] = {
+    "denoiser": "emodiff.train.denoiser",
 }
 
 
