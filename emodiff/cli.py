@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
 }
 TRAIN_STAGES: dict[str, str] = {
     "intensity": "emodiff.train.intensity",
+    "denoiser": "emodiff.train.denoiser",
 }
 
 

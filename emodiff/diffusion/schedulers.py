@@ -20,7 +20,8 @@ def make_scheduler(name: str, diffusion_config: Mapping[str, Any]) -> SchedulerM
 
     `diffusion_config` is the training config's `diffusion` section (num_train_timesteps,
     beta_schedule). DDPM and DPM-Solver++ read the learned-range variance half of the UNet output;
-    DDIM (deterministic, η = 0) uses ε only (see `scheduler_model_output`).
+    DDIM (deterministic, η = 0) uses ε only (see `scheduler_model_output`). Predicted frames stay in
+    [−1, 1]: clip_sample for DDPM/DDIM, dynamic thresholding for DPM-Solver++.
     """
     betas = make_betas(diffusion_config["beta_schedule"], int(diffusion_config["num_train_timesteps"]))
     common = dict(num_train_timesteps=len(betas), trained_betas=betas.tolist(), prediction_type="epsilon")
@@ -30,7 +31,8 @@ def make_scheduler(name: str, diffusion_config: Mapping[str, Any]) -> SchedulerM
         return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
     if name == "dpmsolver++":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
-                                           variance_type="learned_range", timestep_spacing="trailing")
+                                           variance_type="learned_range", timestep_spacing="trailing",
+                                           thresholding=True, sample_max_value=1.0)
     raise EmodiffError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
