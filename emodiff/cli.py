@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "schedule": "emodiff.control.preview",
 }
 TRAIN_STAGES: dict[str, str] = {
+    "denoiser": "emodiff.train.denoiser",
     "expression": "emodiff.train.expression_gan",
     "intensity": "emodiff.train.intensity",
 }
