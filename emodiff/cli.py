@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
 TRAIN_STAGES: dict[str, str] = {
     "intensity": "emodiff.train.intensity",
     "denoiser": "emodiff.train.denoiser",
+    "denoiser": "emodiff.train.denoiser",
+    "expression": "emodiff.train.expression_gan",
+    "intensity": "emodiff.train.intensity",
 }
 
 

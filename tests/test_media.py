@@ -117,6 +117,7 @@ def test_30fps_clip_resampled_to_25fps_takes_the_right_frames(tmp_path: Path) ->
     ("vfr.mkv", "libx264", Fraction(1, 1000)),
     ("vfr.mov", "libx264", Fraction(1, 1000)),
     ("cfr.avi", "mjpeg", Fraction(1, 30)),
+    ("raw.h264", "libx264", Fraction(1, 25)),  # no timestamps, no duration: 25 fps assumed, like ffmpeg
 ])
 def test_containers_and_variable_frame_rate(tmp_path: Path, name: str, codec: str, time_base: Fraction) -> None:
     rng = np.random.default_rng(0)

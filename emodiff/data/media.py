@@ -69,22 +69,52 @@ def _stream_duration(container: av.container.InputContainer, stream: av.stream.S
 
 
 def probe(path: str | Path) -> MediaInfo:
-    """Duration (s), average frame rate, display size (upright) and audio presence of a media file."""
+    """Duration (s), average frame rate, display size (upright) and audio presence of a media file.
+
+    A video whose duration is not recorded (a raw elementary stream) is decoded once to measure it.
+    """
     with _open(path) as container:
         video = container.streams.video[0] if container.streams.video else None
         audio = container.streams.audio[0] if container.streams.audio else None
-        main = video or audio
-        if main is None:
+        if video is None and audio is None:
             raise EmodiffError(f"Cannot read {path}: it has neither a video nor an audio stream.")
-        duration = _stream_duration(container, main)
+        duration = _stream_duration(container, video or audio)
+        if video is None:
+            if duration is None:
+                raise EmodiffError(f"Cannot read {path}: its duration is not recorded in the file.")
+            return MediaInfo(Path(path), duration, None, None, None, True)
+        frames = _timed_frames(path, container, video)
+        _, first = next(frames, (None, None))
+        if first is None:
+            raise EmodiffError(f"Cannot read {path}: its video stream has no decodable frames.")
+        height, width = _to_rgb(first).shape[:2]
         if duration is None:
-            raise EmodiffError(f"Cannot read {path}: its duration is not recorded in the file.")
-        fps = width = height = None
-        if video is not None:
-            rate = video.average_rate or video.guessed_rate
-            fps = float(rate) if rate else None
-            height, width = _first_frame(path, container, video).shape[:2]
-        return MediaInfo(Path(path), duration, fps, width, height, audio is not None)
+            last = max((time for time, _ in frames), default=Fraction(0))
+            duration = float(last + _frame_interval(video))
+        return MediaInfo(Path(path), duration, float(1 / _frame_interval(video)), width, height, audio is not None)
+
+
+def _frame_interval(stream: av.video.stream.VideoStream) -> Fraction:
+    """The nominal time between frames: 1 / average rate (25 fps if the file does not say)."""
+    return 1 / Fraction(stream.average_rate or stream.guessed_rate or 25)
+
+
+def _timed_frames(path: str | Path, container: av.container.InputContainer,
+                  stream: av.video.stream.VideoStream) -> Iterator[tuple[Fraction, av.VideoFrame]]:
+    """Decoded frames with their presentation time in seconds from the stream's start; a frame
+    without a timestamp (raw elementary streams) comes one nominal interval after the previous one."""
+    start = stream.start_time * stream.time_base if stream.start_time is not None else None
+    time: Fraction | None = None
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is not None:
+                time = frame.pts * frame.time_base
+            else:
+                time = Fraction(0) if time is None else time + _frame_interval(stream)
+            start = time if start is None else start
+            yield time - start, frame
+    except av.FFmpegError as err:
+        raise EmodiffError(f"Cannot decode {path}: the video data is damaged ({err.strerror}).") from None
 
 
 def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -92,17 +122,6 @@ def _to_rgb(frame: av.VideoFrame) -> np.ndarray:
     image = frame.to_ndarray(format="rgb24")
     quarter_turns = round(frame.rotation / 90) % 4
     return np.ascontiguousarray(np.rot90(image, quarter_turns)) if quarter_turns else image
-
-
-def _first_frame(path: str | Path, container: av.container.InputContainer,
-                 stream: av.video.stream.VideoStream) -> np.ndarray:
-    try:
-        frame = next(container.decode(stream), None)
-    except av.FFmpegError as err:
-        raise EmodiffError(f"Cannot decode {path}: the video data is damaged ({err.strerror}).") from None
-    if frame is None:
-        raise EmodiffError(f"Cannot read {path}: its video stream has no decodable frames.")
-    return _to_rgb(frame)
 
 
 def read_video(path: str | Path, fps: float = 25.0) -> Iterator[np.ndarray]:
@@ -113,49 +132,38 @@ def read_video(path: str | Path, fps: float = 25.0) -> Iterator[np.ndarray]:
     target = Fraction(fps).limit_denominator(1001)
     if target <= 0:
         raise EmodiffError(f"The frame rate must be positive, got {fps}.")
-    container = _open(path)
-    try:
+    with _open(path) as container:
         if not container.streams.video:
             raise EmodiffError(f"Cannot read {path}: it has no video stream.")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        start = stream.start_time * stream.time_base if stream.start_time is not None else None
         duration = _stream_duration(container, stream)
         total = round(duration * target) if duration is not None else None
         emitted = 0
         previous: np.ndarray | None = None
         last_time = Fraction(0)
-        try:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                time = frame.pts * frame.time_base
-                start = time if start is None else start
-                last_time = time - start
-                image = _to_rgb(frame)
-                # Output frames strictly before this frame's time show the previous frame.
-                while (total is None or emitted < total) and emitted < last_time * target:
-                    yield image if previous is None else previous
-                    emitted += 1
-                previous = image
-        except av.FFmpegError as err:
-            raise EmodiffError(f"Cannot decode {path}: the video data is damaged ({err.strerror}).") from None
+        for last_time, frame in _timed_frames(path, container, stream):
+            image = _to_rgb(frame)
+            # Output frames strictly before this frame's time show the previous frame.
+            while (total is None or emitted < total) and emitted < last_time * target:
+                yield image if previous is None else previous
+                emitted += 1
+            previous = image
         if previous is None:
             raise EmodiffError(f"Cannot read {path}: its video stream has no decodable frames.")
         if total is None:
-            rate = stream.average_rate or target
-            total = round((last_time + 1 / Fraction(rate)) * target)
+            total = round((last_time + _frame_interval(stream)) * target)
         while emitted < total:
             yield previous
             emitted += 1
-    finally:
-        container.close()
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The first audio stream of `path` as float32 mono at `sample_rate`, from its first sample.
 
     The rate is converted by FFmpeg's resampler (libswresample); mono is the mean of the channels.
+    Sample 0 is paired with video frame 0: a stream start offset between the audio and the video of
+    one file is not compensated (files from common tools start both at 0).
     """
     with _open(path) as container:
         if not container.streams.audio:

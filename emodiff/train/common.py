@@ -79,8 +79,11 @@ class EpochShuffle(Sampler[int]):
 def batches(accelerator: Accelerator, dataset: Dataset, batch_size: int, seed: int, start_step: int,
             num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches from `start_step` on (one batch per process per step, last partial batch dropped)."""
+    # The loader's own generator: starting an epoch then draws no number from the global RNG, whose
+    # state (restored on resume) must depend on the step only.
     loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, sampler=EpochShuffle(len(dataset), seed),
-                                            drop_last=True, num_workers=num_workers))
+                                            drop_last=True, num_workers=num_workers,
+                                            generator=torch.Generator().manual_seed(seed)))
     per_epoch = len(loader)
     if per_epoch == 0:
         raise EmodiffError(f"The dataset has {len(dataset)} windows, fewer than one batch of {batch_size} per process.")
@@ -120,6 +123,11 @@ class Checkpoints:
         self.accelerator.wait_for_everyone()
         return final
 
+    def after_step(self, step: int, every: int, last: int) -> None:
+        """Save after `step` steps when it is a multiple of `every` or the last step."""
+        if step % every == 0 or step == last:
+            self.save(step)
+
     def resume(self) -> int:
         """Load the newest checkpoint (models, optimisers, RNG states) and return its step; 0 if none."""
         found = self.all()
@@ -135,6 +143,15 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
         if not torch.isfinite(value).all():
             raise EmodiffError(f"Training stopped: the {name} loss became {value.item()} at step {step}; "
                                "resume from the last checkpoint with a lower learning rate.")
+
+
+def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                   parameters: list[torch.nn.Parameter], grad_clip: float) -> None:
+    """Backward of `loss`, gradient-norm clipping of `parameters`, one optimiser step."""
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
 
 
 def save_model(accelerator: Accelerator, model: torch.nn.Module, path: str | Path) -> Path:

@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 
 from emodiff.models.intensity_vae import IntensityVAE
 from emodiff.train.common import (Checkpoints, add_training_arguments, batches, check_finite, load_config,
-                                  progress, run_as_module, save_model, sequence_dataset, start_run)
+                                  optimizer_step, progress, run_as_module, save_model, sequence_dataset,
+                                  start_run)
 
 
 def train(config: DictConfig) -> Path:
@@ -38,13 +39,9 @@ def train(config: DictConfig) -> Path:
         kl_weight = tc.kl_weight * min(1.0, (step + 1) / max(tc.kl_warmup_steps, 1))
         loss = terms["recon"] + kl_weight * terms["kl"]
         check_finite({"reconstruction": terms["recon"], "KL": terms["kl"]}, step)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
+        optimizer_step(accelerator, optimizer, loss, list(model.parameters()), tc.grad_clip)
         bar.set_postfix(recon=f"{terms['recon'].item():.3f}", kl=f"{terms['kl'].item():.3f}")
-        if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.max_steps:
-            checkpoints.save(step + 1)
+        checkpoints.after_step(step + 1, tc.checkpoint_every, tc.max_steps)
     return save_model(accelerator, model, out / "model")
 
 
