@@ -10,8 +10,10 @@ Store-level extractors also have `fit(store, clip_ids)` (a basis over the whole 
 Procrustes on the rigid points `RIGID_POINTS`) to the store's canonical shape (a generalised
 Procrustes mean), its offset from the identity's neutral mesh is projected on an uncentred PCA
 basis of the store's offsets and whitened, so the neutral face is the origin and
-neutral + k·direction is meaningful. D = 50; with too little data the basis has fewer
-components and the remaining dimensions are zero.
+neutral + k·direction is meaningful. Whitening divides component j by sqrt(λ_j + WHITEN_FLOOR·λ_1)
+(like FLAME's ψ, the leading components get unit scale; the floor keeps near-empty components,
+which hold landmark jitter, from being blown up to unit variance). D = 50; with too little data
+the basis has fewer components and the remaining dimensions are zero.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from emodiff.errors import EmodiffError
 EXPRESSION_DIM = 50
 NEUTRAL_FRACTION = 0.1  # share of a clip's frames taken as its neutral reference when none is labelled
 INTENSITY_PERCENTILE = 99.0
+WHITEN_FLOOR = 0.01  # variance floor of the whitening, relative to the leading component
 
 # Vertices that move with the head but hardly with expressions: forehead (10, 151, 9, 8), nose
 # bridge and tip (168, 6, 197, 195, 5, 4, 1), inner and outer eye corners (133, 362, 33, 263),
@@ -49,12 +52,7 @@ class ExpressionExtractor(Protocol):
 
 
 @runtime_checkable
-class StoreExpressionExtractor(Protocol):
-    name: str
-    version: str
-
-    def extract(self, frames: np.ndarray, landmarks68: np.ndarray, mesh: np.ndarray | None) -> dict[str, np.ndarray]: ...
-
+class StoreExpressionExtractor(ExpressionExtractor, Protocol):
     def fit(self, store: ClipStore, clip_ids: list[str]) -> None:
         """Fit store-level statistics over these clips and save them under store.stats_dir."""
 
@@ -200,7 +198,7 @@ class LandmarkExpression:
         basis = np.zeros((features, EXPRESSION_DIM))
         scales = np.ones(EXPRESSION_DIM)
         basis[:, :keep.sum()] = eigenvectors[:, keep]
-        scales[:keep.sum()] = np.sqrt(eigenvalues[keep])
+        scales[:keep.sum()] = np.sqrt(eigenvalues[keep] + WHITEN_FLOOR * eigenvalues[0])
         self.state.update(basis=basis, scales=scales)
         identities = sorted(neutral)
         save_npz_atomic(store.stats_dir / self.stats_name, canonical=canonical, rigid=np.array(rigid),

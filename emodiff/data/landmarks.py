@@ -12,7 +12,6 @@ or the mean of two.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -132,8 +131,6 @@ def make_detector(name: str, video: bool = True) -> LandmarkDetector:
     return LANDMARK_DETECTORS[name](video=video)
 
 
-def largest_face(faces: list[Face], where: str) -> Face | None:
-    """The largest of the detected faces (None when there is none); warns when there are several."""
-    if len(faces) > 1:
-        warnings.warn(f"{len(faces)} faces in {where}; using the largest.", stacklevel=2)
+def largest_face(faces: list[Face]) -> Face | None:
+    """The largest of the detected faces (None when there is none)."""
     return max(faces, key=lambda f: f.area, default=None)

@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import re
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,11 +35,13 @@ import numpy as np
 from tqdm import tqdm
 
 from emodiff.data import align
+from emodiff.data.audio_features import AUDIO_FEATURES, extract_audio_features, get_audio_encoder
 from emodiff.data.expression import (
     EXPRESSION_EXTRACTORS, INTENSITY_PERCENTILE, StoreExpressionExtractor, identity_key,
     least_expressive_frames, make_expression_extractor, raw_intensity)
 from emodiff.data.labels import parse_label
 from emodiff.data.landmarks import LANDMARK_DETECTORS, largest_face, make_detector
+from emodiff.data.media import load_audio, probe, read_video
 from emodiff.data.store import ARRAY_NAMES, SAMPLE_RATE, Clip, ClipStore, save_npy_atomic, write_json_atomic
 from emodiff.errors import EmodiffError
 
@@ -58,6 +59,7 @@ class PrepareSettings:
     size: int = 128
     fps: float = 25.0
     audio_features: str = "mel"
+    audio_model: str | None = None
     expression: str = "landmarks"
     landmarks: str = "mediapipe"
 
@@ -127,43 +129,33 @@ def interpolate_missing(values: np.ndarray, found: np.ndarray) -> np.ndarray:
 
 def detect_faces(path: Path, settings: PrepareSettings) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Pass 1: largest face per frame -> (T, 68, 2) points and (T, N, 3) mesh, gaps interpolated."""
-    from emodiff.data.media import read_video
-
     detector = make_detector(settings.landmarks, video=True)
-    points, meshes, found, several = [], [], [], 0
+    faces_per_frame = []
     try:
         for frame in read_video(path, settings.fps):
-            faces = detector.detect(frame)
-            several += len(faces) > 1
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                face = largest_face(faces, str(path))
-            found.append(face is not None)
-            if face is not None:
-                points.append(face.points68)
-                meshes.append(face.mesh)
-            else:
-                points.append(np.zeros((68, 2), np.float32))
-                meshes.append(np.zeros_like(meshes[-1]) if meshes else None)
+            faces_per_frame.append(detector.detect(frame))
     finally:
         detector.close()
-    found_mask = np.array(found, dtype=bool)
-    n_frames, n_found = len(found_mask), int(found_mask.sum())
+    chosen = [largest_face(faces) for faces in faces_per_frame]
+    found = np.array([face is not None for face in chosen])
+    n_frames, n_found = len(found), int(found.sum())
     if n_found == 0:
         raise EmodiffError(f"No face was found in any of the {n_frames} frames of {path}.")
     if n_found < MIN_FACE_FRACTION * n_frames:
         raise EmodiffError(f"A face was found in only {n_found} of the {n_frames} frames of {path} "
                            f"(at least {MIN_FACE_FRACTION:.0%} are needed).")
-    mesh_shape = next(m for m in meshes if m is not None).shape
-    mesh = np.stack([m if m is not None else np.zeros(mesh_shape, np.float32) for m in meshes])
-    report = {"face_found_frames": n_found, "several_faces_frames": several}
-    return interpolate_missing(np.stack(points), found_mask), interpolate_missing(mesh, found_mask), report
+    first = chosen[int(found.argmax())]
+    points = np.stack([(face or first).points68 for face in chosen])
+    mesh = np.stack([(face or first).mesh for face in chosen])
+    several = sum(len(faces) > 1 for faces in faces_per_frame)
+    report = {"face_found_frames": n_found, "several_faces_frames": several,
+              "landmarks_backend": {"name": detector.name, "version": detector.version},
+              "warnings": [f"several faces in {several} frames; the largest was used"] if several else []}
+    return interpolate_missing(points, found), interpolate_missing(mesh, found), report
 
 
 def crop_frames(path: Path, boxes: np.ndarray, settings: PrepareSettings) -> np.ndarray:
     """Pass 2: decode again and cut the smoothed crop boxes (memory stays flat in the source size)."""
-    from emodiff.data.media import read_video
-
     crops = np.empty((len(boxes), settings.size, settings.size, 3), np.uint8)
     count = 0
     for count, frame in enumerate(read_video(path, settings.fps), 1):
@@ -177,13 +169,10 @@ def crop_frames(path: Path, boxes: np.ndarray, settings: PrepareSettings) -> np.
 
 def clip_audio(path: Path, n_frames: int, settings: PrepareSettings) -> tuple[np.ndarray, np.ndarray]:
     """16 kHz mono audio trimmed or zero-padded to the frames, and its frame-aligned features."""
-    from emodiff.data.audio_features import extract_audio_features
-    from emodiff.data.media import load_audio
-
     audio = load_audio(path)
     n_samples = int(round(n_frames * SAMPLE_RATE / settings.fps))
     audio = np.pad(audio[:n_samples], (0, max(0, n_samples - len(audio))))
-    features = extract_audio_features(audio, settings.fps, kind=settings.audio_features)
+    features = extract_audio_features(audio, settings.fps, kind=settings.audio_features, model=settings.audio_model)
     if len(features) != n_frames:
         raise EmodiffError(f"Audio features of {path} have {len(features)} frames, the video has {n_frames}.")
     return audio, features
@@ -191,8 +180,6 @@ def clip_audio(path: Path, n_frames: int, settings: PrepareSettings) -> tuple[np
 
 def extract_clip(store: ClipStore, source: Source, settings: PrepareSettings) -> dict[str, Any]:
     """Phase 1 for one source; returns its manifest entry (status `extracted` or `failed`)."""
-    from emodiff.data.media import probe
-
     label = parse_label(source.path)
     entry: dict[str, Any] = {"id": source.clip_id, "source": str(source.path), "identity": label.identity,
                              "emotion": label.emotion, "level": label.level, "fps": settings.fps}
@@ -216,26 +203,25 @@ def extract_clip(store: ClipStore, source: Source, settings: PrepareSettings) ->
         extras = {k: v for k, v in per_clip.items() if k not in ARRAY_NAMES}
         arrays.update({k: v for k, v in per_clip.items() if k in ARRAY_NAMES})
         finished = time.perf_counter()
-        warnings_ = ([f"several faces in {face_report['several_faces_frames']} frames; the largest was used"]
-                     if face_report["several_faces_frames"] else [])
         meta = {
             **{k: entry[k] for k in ("source", "identity", "emotion", "level", "fps")},
             "size": settings.size, "has_audio": audio is not None,
-            "audio_features": settings.audio_features if audio is not None else None,
-            "landmarks_backend": {"name": settings.landmarks, "version": extractor_version(settings.landmarks)},
+            "audio_features": ({"kind": settings.audio_features, "model": settings.audio_model}
+                               if audio is not None else None),
             "expression_extractor": {"name": extractor.name, "version": extractor.version},
             "source_video": {"duration": info.duration, "fps": info.fps, "width": info.width, "height": info.height},
             "crop_boxes": np.round(boxes, 2).tolist(), "crop_rule": {
                 "centre": "nose tip (iBUG 30)", "side": f"{align.CROP_SCALE} x face extent",
                 "smoothing": f"centred moving average, centre {align.CENTER_WINDOW} / side {align.SIDE_WINDOW} frames"},
-            **face_report, "warnings": warnings_, "stage": "extracted",
+            **face_report, "stage": "extracted",
             "timings": {"detect_s": round(detected - started, 3), "crop_s": round(cropped - detected, 3),
                         "audio_expression_s": round(finished - cropped, 3)},
         }
         clip = store.write_clip(source.clip_id, arrays, meta, audio=audio)
         for name, array in extras.items():
             save_npy_atomic(clip.path / f"{name}.npy", array)
-        entry.update(status="extracted", n_frames=len(crops), has_audio=audio is not None, warnings=warnings_)
+        entry.update(status="extracted", n_frames=len(crops), has_audio=audio is not None,
+                     warnings=face_report["warnings"])
     except EmodiffError as err:
         entry.update(status="failed", error=str(err))
     except Exception as err:  # an unexpected failure of one clip must not stop the run
@@ -244,23 +230,17 @@ def extract_clip(store: ClipStore, source: Source, settings: PrepareSettings) ->
     return entry
 
 
-def extractor_version(backend: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version({"mediapipe": "mediapipe", "fan": "face-alignment"}[backend])
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _extract_in_worker(job: tuple[str, Source, PrepareSettings]) -> dict[str, Any]:
     root, source, settings = job
     return extract_clip(ClipStore(root), source, settings)
 
 
 def _init_worker() -> None:
+    """One thread per worker process: the parallelism is across processes."""
+    import cv2
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("GLOG_minloglevel", "2")
+    cv2.setNumThreads(1)
 
 
 # -- phase 2: the store ------------------------------------------------------------------------
@@ -358,6 +338,7 @@ def prepare(inputs: list[str | Path], out: str | Path, settings: PrepareSettings
     if settings.fps <= 0:
         raise EmodiffError(f"--fps must be positive, got {settings.fps}.")
     make_expression_extractor(settings.expression)
+    get_audio_encoder(settings.audio_features, settings.audio_model)  # a missing model fails here, once
     if settings.landmarks not in LANDMARK_DETECTORS:
         raise EmodiffError(f"Unknown landmark backend '{settings.landmarks}'; choose one of: {', '.join(LANDMARK_DETECTORS)}.")
     index, count = parse_shard(shard)
@@ -367,9 +348,12 @@ def prepare(inputs: list[str | Path], out: str | Path, settings: PrepareSettings
     if count == 1:
         store.remove_partials()
     manifest = store.manifest()
-    skip_status = ("extracted", "ok") if retry_failed else ("extracted", "ok", "failed")
-    todo = [s for s in sources if not (manifest.get(s.clip_id, {}).get("status") in skip_status
-                                         and (manifest[s.clip_id]["status"] == "failed" or store.is_complete(s.clip_id)))]
+
+    def done(clip_id: str) -> bool:
+        status = manifest.get(clip_id, {}).get("status")
+        return not retry_failed if status == "failed" else status in ("extracted", "ok") and store.is_complete(clip_id)
+
+    todo = [source for source in sources if not done(source.clip_id)]
     summary = {"extracted": 0, "failed": 0, "skipped": len(sources) - len(todo), "frames": 0}
     started = time.perf_counter()
     jobs = [(str(store.root), source, settings) for source in todo]
@@ -383,7 +367,7 @@ def prepare(inputs: list[str | Path], out: str | Path, settings: PrepareSettings
             for job in jobs:
                 _record(store, _extract_in_worker(job), summary, bar)
     summary["seconds"] = time.perf_counter() - started
-    summary["finalised"] = finalise(store, settings) if count == 1 else 0
+    summary["finalised"] = finalise(store, settings) if count == 1 else None
     summary["ok"] = len(store.clip_ids())
     return summary
 
@@ -395,6 +379,8 @@ def _record(store: ClipStore, entry: dict[str, Any], summary: dict[str, Any], ba
         tqdm.write(f"failed: {entry['source']}: {entry['error']}")
     else:
         summary["extracted"] += 1
+        for warning in entry["warnings"]:
+            tqdm.write(f"warning: {entry['source']}: {warning}")
         summary["frames"] += entry["n_frames"]
     elapsed = max(bar.format_dict["elapsed"], 1e-9)
     bar.set_postfix(frames_per_s=f"{summary['frames'] / elapsed:.1f}", failed=summary["failed"])
@@ -407,7 +393,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the clip store folder (created or resumed)")
     parser.add_argument("--size", type=int, default=128, help="crop size in pixels (128; 256 allowed)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate of the store")
-    parser.add_argument("--audio-features", default="mel", help="audio feature kind (DESIGN §4.1)")
+    parser.add_argument("--audio-features", default="mel", choices=sorted(AUDIO_FEATURES), help="DESIGN §4.1")
+    parser.add_argument("--audio-model", help="local folder or hub id of the hubert / wav2vec2 model")
     parser.add_argument("--expression", default="landmarks", choices=sorted(EXPRESSION_EXTRACTORS))
     parser.add_argument("--landmarks", default="mediapipe", choices=sorted(LANDMARK_DETECTORS))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
@@ -416,10 +403,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = PrepareSettings(args.size, args.fps, args.audio_features, args.expression, args.landmarks)
+    settings = PrepareSettings(args.size, args.fps, args.audio_features, args.audio_model, args.expression,
+                               args.landmarks)
     summary = prepare(args.sources, args.out, settings, args.workers, args.shard, args.retry_failed)
     rate = summary["frames"] / max(summary["seconds"], 1e-9)
     print(f"prepare: {summary['extracted']} extracted, {summary['failed']} failed, {summary['skipped']} skipped "
-          f"({summary['frames']} frames, {rate:.1f} frames/s); {summary['finalised']} finalised; "
-          f"{summary['ok']} clips ok in {args.out}")
+          f"({summary['frames']} frames, {rate:.1f} frames/s); "
+          + (f"{summary['finalised']} finalised" if summary["finalised"] is not None
+             else "finalisation left to a run without --shard")
+          + f"; {summary['ok']} clips ok in {args.out}")
     return 1 if summary["failed"] else 0
