@@ -21,8 +21,6 @@ COMMANDS: dict[str, str] = {
     "inspect": "emodiff.data.contact_sheet",
 }
 TRAIN_STAGES: dict[str, str] = {
-    "intensity": "emodiff.train.intensity",
-    "denoiser": "emodiff.train.denoiser",
     "denoiser": "emodiff.train.denoiser",
     "expression": "emodiff.train.expression_gan",
     "intensity": "emodiff.train.intensity",
