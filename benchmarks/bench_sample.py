@@ -85,6 +85,25 @@ def sample_seconds(pipeline: EmoDiffPipeline, videos: list[VideoConditions], ste
     return time.perf_counter() - start
 
 
+def time_inside_unet(pipeline: EmoDiffPipeline, video: VideoConditions, steps: int, sampler: str) -> float:
+    """Fraction of one sampling run's wall time spent inside `unet.forward` (timed by hooks around each call)."""
+    spent, started = [], []
+
+    def before(module, inputs):
+        synchronize(pipeline.device)
+        started.append(time.perf_counter())
+
+    def after(module, inputs, output):
+        synchronize(pipeline.device)
+        spent.append(time.perf_counter() - started.pop())
+
+    hooks = [pipeline.unet.register_forward_pre_hook(before), pipeline.unet.register_forward_hook(after)]
+    total = sample_seconds(pipeline, [video], steps, sampler)
+    for hook in hooks:
+        hook.remove()
+    return sum(spent) / total
+
+
 def streamed_peak_bytes(pipeline: EmoDiffPipeline, video: VideoConditions, steps: int, out: Path) -> int:
     """Peak memory while sampling `video` into an mp4: CUDA allocator peak, or the process's peak RSS on CPU."""
     device = pipeline.device
@@ -124,6 +143,9 @@ def main() -> None:
     forward, per_frame = min(forwards), min(samplings) / video.n_frames
     print(f"1. overhead: {per_frame * 1e3:.2f} ms/frame ÷ ({args.steps} × {forward * 1e3:.2f} ms forward) = "
           f"{per_frame / (args.steps * forward):.3f}   (goal ≤ 1.10)")
+    inside = time_inside_unet(pipeline, video, args.steps, args.sampler)
+    print(f"   share of the sampling time spent inside the denoiser's forwards: {inside:.3f} "
+          f"(ratio 1 / share = {1 / inside:.3f}, insensitive to a busy machine)")
 
     calls = []
     hook = pipeline.reference_net.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from emodiff import __version__
 from emodiff.control import expression_condition, parse_emotions, parse_intensity
 from emodiff.data.datasets import frames_to_tensor, window_indices
-from emodiff.data.labels import EMOTIONS
+from emodiff.data.labels import EMOTIONS, NEUTRAL
 from emodiff.data.store import ClipStore
 from emodiff.diffusion.schedulers import make_scheduler, scheduler_model_output
 from emodiff.errors import EmodiffError
@@ -181,20 +181,27 @@ class EmoDiffPipeline:
         return next(self.unet.parameters()).device
 
     # ------------------------------------------------------------------------------------ conditions
+    @torch.no_grad()
     def expression_sequence(self, emotion_weights: np.ndarray, intensity: np.ndarray, seed: int = 0) -> np.ndarray:
         """e_o (T, D) per frame: e_n + k·(e_y − e_n) (eq. 14–15), e_y mixed over the emotion weights (T, E).
 
-        With an expression generator, each present emotion's e_y sequence is synthesised by G (paper §3.3);
-        otherwise it is the stored per-emotion target.
+        With an expression generator G (paper §3.3), e_n and each present emotion's e_y are sequences that G
+        synthesises from one shared noise z (so they differ only by the emotion); otherwise they are the stored
+        neutral expression and per-emotion targets.
         """
         n_frames = len(emotion_weights)
         reference = self.expression_reference
+        neutral = reference.neutral.cpu().numpy()
         targets = reference.targets.cpu().numpy()[:, None].repeat(n_frames, 1)  # (E, T, D)
-        if self.expression_generator is not None:
-            generator = torch.Generator().manual_seed(seed)
-            for e in np.flatnonzero(emotion_weights.any(0)):
-                targets[e] = self.expression_generator.generate(torch.tensor([e]), n_frames, generator=generator)[0].cpu().numpy()
-        return expression_condition(reference.neutral.cpu().numpy(), targets, emotion_weights, intensity)
+        generator_model = self.expression_generator
+        if generator_model is not None:
+            emotions = [NEUTRAL, *(int(e) for e in np.flatnonzero(emotion_weights.any(0)) if e != NEUTRAL)]
+            z = generator_model.sample_noise(1, n_frames, torch.Generator().manual_seed(seed))
+            sequences = generator_model(torch.tensor(emotions, device=generator_model.device),
+                                        z.expand(len(emotions), -1, -1)).float().cpu().numpy()
+            neutral = sequences[0]
+            targets[emotions] = sequences
+        return expression_condition(neutral, targets, emotion_weights, intensity)
 
     def conditions(self, identity_image: np.ndarray, audio: np.ndarray, emotion: str, intensity: str | float,
                    *, interpolation: str = "linear", seed: int = 0) -> VideoConditions:

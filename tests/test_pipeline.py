@@ -10,6 +10,7 @@ import torch
 
 from emodiff.data.labels import EMOTIONS
 from emodiff.errors import EmodiffError
+from emodiff.models.expression_gan import ExpressionGenerator
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.rrdbnet import RRDBNet
 from emodiff.models.unet import DenoisingUNet
@@ -163,3 +164,22 @@ def test_expression_condition_moves_linearly_from_neutral_to_target(tmp_path):
     np.testing.assert_allclose(e_o[-1], happy, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.diff(e_o, axis=0), np.broadcast_to((happy - reference.neutral.numpy()) / 10, (10, EXP_DIM)),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_expression_generator_supplies_neutral_and_target_sequences(tmp_path):
+    torch.manual_seed(0)
+    pipeline = tiny_pipeline()
+    pipeline.expression_generator = ExpressionGenerator(expression_dim=EXP_DIM, hidden=16).eval()
+    weights = np.zeros((8, len(EMOTIONS)), dtype=np.float32)
+    weights[:, EMOTIONS.index("sad")] = 1
+    k = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=np.float32)
+    e_o = pipeline.expression_sequence(weights, k, seed=3)
+    z = pipeline.expression_generator.sample_noise(1, 8, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        neutral, sad = pipeline.expression_generator(torch.tensor([0, EMOTIONS.index("sad")]), z.expand(2, -1, -1))
+    np.testing.assert_allclose(e_o[:4], neutral[:4].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(e_o[4:], sad[4:].numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(pipeline.expression_sequence(weights, k, seed=4), e_o)
+    pipeline.save_pretrained(tmp_path / "pipe")
+    loaded = EmoDiffPipeline.from_pretrained(tmp_path / "pipe")
+    np.testing.assert_allclose(loaded.expression_sequence(weights, k, seed=3), e_o, rtol=1e-5, atol=1e-6)
