@@ -40,6 +40,7 @@ SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpmsolver++"}
 COMPONENTS = ("unet", "reference_net", "expression_reference", "expression_generator",
               "intensity_predictor", "super_resolution")
 OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_resolution")
+SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model")
 _LOADABLE_MODULES = ("emodiff.", "diffusers")  # model_index.json may only name classes from these
 
 
@@ -102,7 +103,7 @@ class EmoDiffPipeline:
     def __init__(self, unet: ModelMixin, reference_net: ModelMixin, expression_reference: ExpressionReference,
                  expression_generator: ModelMixin | None = None, intensity_predictor: ModelMixin | None = None,
                  super_resolution: ModelMixin | None = None, *, diffusion: dict, resolution: int, window: int = 2,
-                 fps: float = 25.0, audio_features: str = "mel") -> None:
+                 fps: float = 25.0, audio_features: str = "mel", audio_model: str | None = None) -> None:
         """`diffusion` is the training config's diffusion section (beta_schedule, num_train_timesteps): the
         sampler of each call is made from it by `make_scheduler`, so DDPM, DDIM and DPM-Solver++ share its β_t."""
         self.unet = unet
@@ -112,7 +113,8 @@ class EmoDiffPipeline:
         self.intensity_predictor = intensity_predictor
         self.super_resolution = super_resolution
         self.settings = {"diffusion": {key: diffusion[key] for key in ("beta_schedule", "num_train_timesteps")},
-                         "resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features}
+                         "resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features,
+                         "audio_model": audio_model}
 
     # ----------------------------------------------------------------------------------------- storage
     def components(self) -> dict[str, object | None]:
@@ -160,13 +162,36 @@ class EmoDiffPipeline:
             except (OSError, ValueError, KeyError, AttributeError, RuntimeError, ImportError, TypeError) as err:
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise EmodiffError(f"Cannot load the {name} of the pipeline at {directory}: {reason}") from err
-        settings = {key: index[key] for key in ("diffusion", "resolution", "window", "fps", "audio_features") if key in index}
+        settings = {key: index[key] for key in SETTINGS if key in index}
         if "diffusion" not in settings or "resolution" not in settings:
             raise EmodiffError(f"{index_path} lacks the diffusion and resolution settings of the pipeline.")
         pipeline = cls(**components, **settings)
         for module in pipeline.modules():
             module.eval()
         return pipeline
+
+    @classmethod
+    def from_training(cls, denoiser_dir: str | Path, store: ClipStore, expression_generator: ModelMixin | None = None,
+                      intensity_predictor: ModelMixin | None = None) -> "EmoDiffPipeline":
+        """Assemble a pipeline from an `emodiff train denoiser` folder (config.yaml, unet/, reference_net/) and the
+        store it was trained on, which gives e_n and e_y, the fps and the audio feature kind."""
+        from omegaconf import OmegaConf
+
+        from emodiff.models.reference_net import ReferenceNet
+        from emodiff.models.unet import DenoisingUNet
+
+        denoiser_dir = Path(denoiser_dir)
+        if not (denoiser_dir / "config.yaml").is_file() or not (denoiser_dir / "unet").is_dir():
+            raise EmodiffError(f"{denoiser_dir} is not a finished denoiser training folder (config.yaml, unet/).")
+        config = OmegaConf.load(denoiser_dir / "config.yaml")
+        meta = store.clip(store.clip_ids()[0]).meta
+        audio = meta.get("audio_features") or {}
+        return cls(DenoisingUNet.from_pretrained(denoiser_dir / "unet").eval(),
+                   ReferenceNet.from_pretrained(denoiser_dir / "reference_net").eval(),
+                   ExpressionReference.from_store(store), expression_generator, intensity_predictor,
+                   diffusion=OmegaConf.to_container(config.diffusion), resolution=config.data.resolution,
+                   window=config.data.window, fps=meta.get("fps", 25.0), audio_features=audio.get("kind", "mel"),
+                   audio_model=audio.get("model"))
 
     def modules(self) -> list[torch.nn.Module]:
         return [c for c in self.components().values() if isinstance(c, torch.nn.Module)]
@@ -215,7 +240,8 @@ class EmoDiffPipeline:
 
         fps, resolution = self.settings["fps"], self.settings["resolution"]
         check_speech(audio)
-        features = extract_audio_features(audio, fps, kind=self.settings["audio_features"])
+        features = extract_audio_features(audio, fps, kind=self.settings["audio_features"],
+                                          model=self.settings["audio_model"])
         n_frames = len(features)
         weights = parse_emotions(emotion, n_frames, fps).weights(n_frames, fps)
         k = parse_intensity(intensity, n_frames, fps, interpolation=interpolation, audio_features=features,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 import pytest
 import torch
 
@@ -17,18 +19,26 @@ from emodiff.data.store import write_wav
 from emodiff.models.intensity_vae import IntensityVAE
 from emodiff.models.rrdbnet import RRDBNet
 from emodiff.pipeline import EmoDiffPipeline
-from tests.test_pipeline import tiny_pipeline
+from emodiff.train.denoiser import train as train_denoiser
+from tests.conftest import write_random_store
 
 FPS = 25
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A random tiny pipeline for 16² crops and 25 fps mel features, saved like a trained one."""
-    pipeline = tiny_pipeline(audio_dim=audio_feature_dim("mel", FPS))
-    path = tmp_path_factory.mktemp("ckpt") / "pipeline"
-    pipeline.save_pretrained(path)
-    return path
+    """A tiny denoiser trained for a few steps on a random 16² store with 25 fps mel features, assembled into a
+    pipeline and saved like a real one (sampling plumbing: the weights need not be good)."""
+    root = tmp_path_factory.mktemp("ckpt")
+    store = write_random_store(root / "store", n_clips=4, n_frames=12, size=16,
+                               feat_dim=audio_feature_dim("mel", FPS), exp_dim=6)
+    config = OmegaConf.merge(OmegaConf.load(REPO / "configs" / "denoiser_tiny.yaml"), OmegaConf.from_dotlist(
+        ["train.max_steps=3", "train.batch_size=4", "train.checkpoint_every=100", "train.validate_every=1000"]))
+    train_denoiser(config, store.root, root / "run")
+    pipeline = EmoDiffPipeline.from_training(root / "run", store)
+    pipeline.save_pretrained(root / "pipeline")
+    return root / "pipeline"
 
 
 @pytest.fixture(scope="module")
