@@ -111,15 +111,20 @@ def test_super_resolution_and_audio_predicted_intensity(checkpoint, media, tmp_p
     assert main(sample_args(checkpoint, media, tmp_path / "no_predictor.mp4", **{"--intensity": "audio"})) == 1
 
 
-def test_jobs_file_samples_a_batch_like_single_runs(checkpoint, media, tmp_path):
+def test_jobs_file_samples_a_batch_like_single_runs(checkpoint, media, tmp_path, capsys):
     jobs = tmp_path / "jobs.jsonl"
     entries = [{"identity": str(media["face"]), "audio": str(media["speech"]), "emotion": "happy@0,sad@0.5",
                 "intensity": "0.8", "out": str(tmp_path / "a.mp4"), "seed": 1},
                {"identity": str(media["face"]), "audio": str(media["speech"]), "emotion": "angry",
-                "intensity": "0.3", "out": str(tmp_path / "b.mp4"), "seed": 2}]
+                "intensity": "0.3", "out": str(tmp_path / "b.mp4"), "seed": 2},
+               {"identity": str(media["face"]), "audio": str(media["speech"]), "emotion": "bored",
+                "intensity": "0.3", "out": str(tmp_path / "c.mp4")}]
     jobs.write_text("\n".join(json.dumps(e) for e in entries))
+    # the bad third job is reported and skipped; the others are sampled; the exit status says one failed
     assert main(["sample", "--checkpoint", str(checkpoint), "--jobs", str(jobs), "--batch-size", "2",
-                 "--steps", "2", "--no-progress"]) == 0
+                 "--steps", "2", "--no-progress"]) == 1
+    assert "c.mp4: Unknown emotion 'bored'" in capsys.readouterr().err
+    assert not (tmp_path / "c.mp4").exists()
     single = tmp_path / "single.mp4"
     assert main(sample_args(checkpoint, media, single, **{"--emotion": "angry", "--intensity": "0.3",
                                                           "--seed": 2})) == 0
