@@ -300,9 +300,12 @@ class EmoDiffPipeline:
             rows.append((True, False))
         if cfg_audio != 1.0:
             rows.append((False, False))
+        def per_row(value: torch.Tensor) -> torch.Tensor:  # one copy of a batch per guidance row
+            return value.repeat(len(rows), *[1] * (value.dim() - 1))
+
         n = self.settings["window"]
         identity = torch.stack([v.identity for v in videos]).to(device, dtype)
-        reference_features = self.reference_net(identity)  # once per video (DESIGN §5.1)
+        reference_features = self.reference_net(identity)  # once per video, reused for every frame and step
         previous = [identity, identity]  # x^(i-2), x^(i-1): the identity image before the first frame
         lengths = [v.n_frames for v in videos]
         for i in tqdm(range(max(lengths)), desc="sampling frames", unit="frame", disable=not progress):
@@ -316,20 +319,18 @@ class EmoDiffPipeline:
                 "expression": torch.stack([videos[v].expression[w] for v, w in zip(active, windows)]).to(device, dtype),
                 "emotion": torch.stack([videos[v].emotion_weights[i].argmax() for v in active]).to(device),
                 "intensity": torch.stack([videos[v].intensity[i] for v in active]).to(device, dtype),
-                "reference_features": [f[index] for f in reference_features],
             }
-            inputs = {key: (value.repeat(len(rows), *[1] * (value.dim() - 1)) if key != "reference_features"
-                            else [f.repeat(len(rows), *[1] * (f.dim() - 1)) for f in value])
-                      for key, value in conditions.items()}
+            inputs = {key: per_row(value) for key, value in conditions.items()}
+            inputs["reference_features"] = [per_row(f[index]) for f in reference_features]
             keep = torch.tensor(rows, device=device).repeat_interleave(len(active), 0)
             inputs.update(audio_keep=keep[:, 0], expression_keep=keep[:, 1])
             frame_generators = [generators[v] for v in active]
             x = torch.stack([torch.randn(identity.shape[1:], generator=g, device=device) for g in frame_generators])
             x = x * scheduler.init_noise_sigma
-            scheduler.set_timesteps(steps)  # also resets multistep state between frames
+            scheduler.set_timesteps(steps, device=device)  # also resets multistep state between frames
             for t in scheduler.timesteps:
                 model_input = scheduler.scale_model_input(x, t).to(dtype)
-                prediction = self._guided_prediction(model_input, t.to(device), rows, inputs, cfg_audio, cfg_expression)
+                prediction = self._guided_prediction(model_input, t, rows, inputs, cfg_audio, cfg_expression)
                 x = scheduler.step(scheduler_model_output(scheduler, prediction), t, x, generator=frame_generators).prev_sample
             frames = x.clamp(-1, 1)
             new = torch.zeros_like(identity)
