@@ -147,6 +147,7 @@ def sample_batch(pipeline: EmoDiffPipeline, jobs: list[Job], videos: list[VideoC
         writers.append(stack.enter_context(VideoWriter(paths["video"], fps, audio=audio)))
         previews.append(stack.enter_context(VideoWriter(paths["preview"], fps, audio=audio)) if args.preview else None)
     open_stacks = set(range(len(jobs)))
+    identities: dict[int, torch.Tensor] = {}  # identity crops at the output size, for the previews
     try:
         frames = pipeline.sample(videos, steps=args.steps, sampler=args.sampler, cfg_audio=args.cfg_audio,
                                  cfg_expression=args.cfg_exp, seeds=[job.seed for job in jobs],
@@ -155,9 +156,10 @@ def sample_batch(pipeline: EmoDiffPipeline, jobs: list[Job], videos: list[VideoC
             for v, frame in batch.items():
                 writers[v].write(to_uint8(frame))
                 if previews[v] is not None:
-                    identity = F.interpolate(videos[v].identity[None], size=frame.shape[-2:], mode="bilinear",
-                                             antialias=True, align_corners=False)[0]
-                    previews[v].write(to_uint8(torch.cat([identity.to(frame), frame], -1)))
+                    if v not in identities:
+                        identities[v] = F.interpolate(videos[v].identity[None], size=frame.shape[-2:], mode="bilinear",
+                                                      antialias=True, align_corners=False)[0].to(frame)
+                    previews[v].write(to_uint8(torch.cat([identities[v], frame], -1)))
                 if i == videos[v].n_frames - 1:
                     open_stacks.discard(v)
                     stacks[v].close()

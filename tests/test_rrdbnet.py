@@ -106,7 +106,7 @@ def test_bad_weight_files_give_one_sentence(tmp_path):
     with pytest.raises(EmodiffError, match="Cannot read"):
         RRDBNet.from_basicsr(corrupt)
     unsafe = tmp_path / "unsafe.pth"
-    unsafe.write_bytes(pickle.dumps({"params_ema": Payload()}))
+    unsafe.write_bytes(pickle.dumps({"params_ema": Payload()}, protocol=2))
     with pytest.raises(EmodiffError, match="Cannot read"):
         RRDBNet.from_basicsr(unsafe)
     other = tmp_path / "other.pth"
