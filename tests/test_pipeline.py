@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from emodiff.data.datasets import window_indices
 from emodiff.data.labels import EMOTIONS
 from emodiff.errors import EmodiffError
 from emodiff.models.expression_gan import ExpressionGenerator
@@ -75,15 +76,20 @@ def test_batch_equals_single_runs_and_seed_determines_video(sampler):
 
 def test_reference_net_once_and_motion_frames_are_previous_outputs():
     pipeline = tiny_pipeline()
-    reference_calls, motions = [], []
+    reference_calls, calls = [], []
     pipeline.reference_net.register_forward_hook(lambda module, args, out: reference_calls.append(args[0].shape[0]))
-    pipeline.unet.register_forward_pre_hook(lambda module, args, kwargs: motions.append(kwargs["motion"].clone()),
-                                            with_kwargs=True)
+    pipeline.unet.register_forward_pre_hook(lambda module, args, kwargs: calls.append(dict(kwargs)), with_kwargs=True)
     videos = [random_video(3, seed=1), random_video(3, seed=2)]
     steps = 2
     outputs = collect(pipeline, videos, steps=steps, sampler="ddim", seeds=[0, 1])
     assert reference_calls == [2]  # one call for the whole batch of two videos, for all frames and steps
-    assert len(motions) == 3 * steps
+    assert len(calls) == 3 * steps
+    motions = [call["motion"] for call in calls]
+    for i, call in enumerate(calls[::steps]):  # the condition windows are those of training (edges repeat)
+        window = window_indices(i, 2, 3)
+        torch.testing.assert_close(call["audio"], torch.stack([v.audio[window] for v in videos]))
+        torch.testing.assert_close(call["expression"], torch.stack([v.expression[window] for v in videos]))
+        torch.testing.assert_close(call["intensity"], torch.stack([v.intensity[i] for v in videos]))
     identity = torch.stack([v.identity for v in videos])
     first, second, third = motions[0], motions[steps], motions[2 * steps]
     torch.testing.assert_close(first, torch.cat([identity, identity], 1))
