@@ -181,7 +181,7 @@ def test_landmark_basis_is_zero_padded_when_the_store_is_small(tmp_path):
 
 def test_pseudo_intensity_grows_with_k_and_is_normalised(tmp_path):
     store, _, ks = synthetic_mesh_store(tmp_path / "store", np.random.default_rng(3))
-    finalise(store, PrepareSettings())
+    finalise(store, LandmarkExpression())
     assert store.clip_ids() == sorted(ks)
     happy = store.clip("W001_happy_3_h")
     assert happy.intensity.min() >= 0 and happy.intensity.max() <= 1
@@ -367,3 +367,12 @@ def test_shards_split_the_sources_and_a_plain_run_finalises(fixtures_dir, tmp_pa
     assert (final["skipped"], final["finalised"], final["ok"]) == (2, 2, 2)
     happy = ClipStore.open(out).clip("W009_happy_1_001")
     assert happy.meta["intensity_reference"] == "the clip's 10% least expressive frames"
+
+
+def test_unusable_settings_fail_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "face_alignment", None)  # as if face-alignment were not installed
+    with pytest.raises(EmodiffError, match="'fan' landmark backend needs the face-alignment package"):
+        prepare([tmp_path], tmp_path / "store", PrepareSettings(landmarks="fan"))
+    with pytest.raises(EmodiffError, match="Unknown expression extractor 'flame'"):
+        prepare([tmp_path], tmp_path / "store", PrepareSettings(expression="flame"))
+    assert not (tmp_path / "store").exists()

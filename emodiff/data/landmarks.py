@@ -66,16 +66,17 @@ class LandmarkDetector(Protocol):
 
 class MediaPipeDetector:
     """MediaPipe face mesh (478 points with the iris refinement). `video=True` tracks across
-    consecutive frames (fast); `video=False` detects every image independently."""
+    consecutive frames (fast); `video=False` detects every image independently. Up to two faces
+    are reported, enough to notice a second face."""
 
     name = "mediapipe"
 
-    def __init__(self, video: bool = True, max_faces: int = 2):
+    def __init__(self, video: bool = True):
         import mediapipe as mp
 
         self.version = mp.__version__
         self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=not video, max_num_faces=max_faces, refine_landmarks=True,
+            static_image_mode=not video, max_num_faces=2, refine_landmarks=True,
             min_detection_confidence=0.5, min_tracking_confidence=0.5)
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
@@ -92,12 +93,16 @@ class MediaPipeDetector:
         self._mesh.close()
 
 
+FAN_WEIGHTS = ("3DFAN4", "depth", "s3fd")  # torch hub checkpoint name prefixes used by face-alignment 1.4
+
+
 class FanDetector:
-    """face-alignment's 3D FAN (Bulat & Tzimiropoulos 2017); its 68 3D points double as the mesh."""
+    """face-alignment's 3D FAN (Bulat & Tzimiropoulos 2017); its 68 3D points double as the mesh.
+    It detects every frame independently, so `video` changes nothing."""
 
     name = "fan"
 
-    def __init__(self, video: bool = True, max_faces: int = 2):
+    def __init__(self, video: bool = True):
         try:
             import face_alignment
             import torch
@@ -105,11 +110,13 @@ class FanDetector:
             raise EmodiffError("The 'fan' landmark backend needs the face-alignment package "
                                "(pip install 'emodiff[fan]'); use --landmarks mediapipe otherwise.") from None
         checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-        if not any(checkpoints.glob("3DFAN4*")) or not any(checkpoints.glob("s3fd*")):
-            raise EmodiffError(f"The 'fan' landmark backend needs the 3DFAN4 and s3fd weights in {checkpoints}; "
-                               "run face-alignment once with network access to download them.")
+        missing = [name for name in FAN_WEIGHTS if not any(checkpoints.glob(f"{name}-*"))]
+        if missing:
+            raise EmodiffError(f"The 'fan' landmark backend needs the face-alignment weights {', '.join(missing)} in "
+                               f"{checkpoints}; run face-alignment once on a connected machine to download them.")
         self.version = face_alignment.__version__
-        self._fa = face_alignment.FaceAlignment(face_alignment.LandmarksType.THREE_D, device="cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._fa = face_alignment.FaceAlignment(face_alignment.LandmarksType.THREE_D, device=device)
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         points = self._fa.get_landmarks_from_image(image_rgb) or []
