@@ -3,8 +3,9 @@
 Each encoder maps its input to one embedding (B, C); every conditional residual block turns it
 into a FiLM pair (scale, shift) with its own SiLU + Linear (see `emodiff.models.unet.NestedFiLM`).
 The expression encoder is chosen by the UNet config key `expression_encoder` from
-`EXPRESSION_ENCODERS`; all of them share the constructor and forward signatures below, so
-intensity-control variants (papers/framewise_emotion_intensity.txt, Table 3) can be added
+`EXPRESSION_ENCODERS`. Each is built as `cls(expression_dim=, window=, dim=, num_emotions=)` and
+called as `encoder(expression (B,2n+1,D), emotion (B,) or None, intensity (B,) or None) → (B, dim)`,
+so the intensity-control variants of papers/framewise_emotion_intensity.txt (Table 3) plug in
 without touching the UNet.
 """
 

@@ -207,13 +207,16 @@ def train(config: DictConfig, store: str | Path, output_dir: str | Path, resume:
         (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         for stale in (output_dir / "checkpoints").glob("*.tmp-*"):
             shutil.rmtree(stale)
-        OmegaConf.save(config, output_dir / "config.yaml")
+        OmegaConf.save(config, output_dir / "config.yaml.tmp-save")
+        (output_dir / "config.yaml.tmp-save").replace(output_dir / "config.yaml")
     accelerator.wait_for_everyone()
     step = 0
     checkpoint = resolve_resume(output_dir, resume)
     if checkpoint is not None:
         step = load_checkpoint(accelerator, ema, checkpoint)
         accelerator.print(f"resumed from {checkpoint} at step {step}")
+    elif resume is not None:
+        accelerator.print(f"no checkpoint in {output_dir / 'checkpoints'} yet; starting from step 0")
     accelerator.init_trackers("denoiser", config=flat_hparams(config))
 
     micro_batches = step * tc.gradient_accumulation_steps
