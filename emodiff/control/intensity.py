@@ -128,6 +128,9 @@ def predicted_schedule(audio_features: np.ndarray, predictor: IntensityVAE, temp
     lo, hi = clip
     if not 0.0 <= lo <= hi <= 1.0:
         raise EmodiffError(f"Intensity clip range ({lo:g}, {hi:g}) must satisfy 0 ≤ low ≤ high ≤ 1.")
+    if audio_features.ndim != 2 or audio_features.shape[1] != predictor.config.audio_dim:
+        raise EmodiffError(f"The audio features have shape {tuple(audio_features.shape)}, but the intensity predictor "
+                           f"expects (frames, {predictor.config.audio_dim}); use the feature kind it was trained on.")
     feats = torch.as_tensor(np.asarray(audio_features, dtype=np.float32))[None]
     generator = torch.Generator().manual_seed(seed)
     k = predictor.predict(feats, temperature=temperature, generator=generator)[0].cpu().numpy()
