@@ -51,7 +51,7 @@ def make_store(root, n_clips: int, n_frames: int = 100, seed: int = 0) -> tuple[
     return store, held_out
 
 
-TINY = ["data.window=32", "data.stride=8", "model.hidden=32", "model.n_layers=3", "model.n_flows=2",
+TINY = ["--set", "data.window=32", "data.stride=8", "model.hidden=32", "model.n_layers=3", "model.n_flows=2",
         "train.batch_size=8", "train.learning_rate=3e-3", "train.kl_warmup_steps=50"]
 
 
@@ -60,7 +60,7 @@ def test_predictor_learns_intensity_from_audio(tmp_path, capsys):
     make_store(tmp_path / "train", 12, seed=0)
     _, test_clips = make_store(tmp_path / "test", 4, seed=1)
     out = tmp_path / "run"
-    assert main(["train", "intensity", "--store", str(tmp_path / "train"), "--output", str(out), *TINY,
+    assert main(["train", "intensity", "--store", str(tmp_path / "train"), "--output-dir", str(out), *TINY,
                  "train.max_steps=250", "train.checkpoint_every=100"]) == 0
     model = load_intensity_vae(out / "model")
     feats = torch.from_numpy(np.stack([f for f, _ in test_clips]).astype(np.float32))
@@ -100,9 +100,9 @@ def test_resume_continues_exactly(tmp_path):
     torch.set_num_threads(1)
     make_store(tmp_path / "store", 4, n_frames=48)
     common = ["--store", str(tmp_path / "store"), *TINY, "train.checkpoint_every=3", "train.keep_checkpoints=2"]
-    assert main(["train", "intensity", "--output", str(tmp_path / "once"), *common, "train.max_steps=10"]) == 0
-    assert main(["train", "intensity", "--output", str(tmp_path / "twice"), *common, "train.max_steps=5"]) == 0
-    assert main(["train", "intensity", "--output", str(tmp_path / "twice"), *common, "train.max_steps=10"]) == 0
+    assert main(["train", "intensity", "--output-dir", str(tmp_path / "once"), *common, "train.max_steps=10"]) == 0
+    assert main(["train", "intensity", "--output-dir", str(tmp_path / "twice"), *common, "train.max_steps=5"]) == 0
+    assert main(["train", "intensity", "--output-dir", str(tmp_path / "twice"), *common, "train.max_steps=10"]) == 0
     assert sorted(p.name for p in (tmp_path / "twice" / "checkpoints").iterdir()) == ["checkpoint-10", "checkpoint-9"]
     once = IntensityVAE.from_pretrained(tmp_path / "once" / "model").state_dict()
     twice = IntensityVAE.from_pretrained(tmp_path / "twice" / "model").state_dict()
@@ -116,5 +116,5 @@ def test_missing_predictor_and_empty_store_are_clear_errors(tmp_path, capsys):
                  "--predictor", str(tmp_path / "nowhere")]) == 1
     assert "No trained intensity predictor" in capsys.readouterr().err
     ClipStore.create(tmp_path / "empty")
-    assert main(["train", "intensity", "--store", str(tmp_path / "empty"), "--output", str(tmp_path / "r")]) == 1
+    assert main(["train", "intensity", "--store", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "r")]) == 1
     assert capsys.readouterr().err.startswith("emodiff: error: Nothing to train on")

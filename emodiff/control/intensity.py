@@ -80,7 +80,8 @@ def keyframe_schedule(keys: list[tuple[float, float]], n_frames: int, fps: float
     """Per-frame k through the key frames (seconds): linear or smoothstep between neighbouring
     keys, held constant before the first and after the last. Keys beyond the duration are an error."""
     if interpolation not in INTERPOLATIONS:
-        raise EmodiffError(f"Unknown intensity interpolation '{interpolation}'; use one of: {', '.join(INTERPOLATIONS)}.")
+        raise EmodiffError(
+            f"Unknown intensity interpolation '{interpolation}'; use one of: {', '.join(INTERPOLATIONS)}.")
     duration = n_frames / fps
     if keys[-1][0] > duration:
         raise EmodiffError(

@@ -1,11 +1,11 @@
 """Train the expression generator against its global and local discriminators (EMOdiffhead §3.3).
 
-  emodiff train expression --store STORE [--config configs/expression_gan.yaml] [--output DIR] [key=value ...]
+  emodiff train expression --store STORE [--config configs/expression_gan.yaml] [--output-dir DIR] [--set KEY=VALUE ...]
   accelerate launch -m emodiff.train.expression_gan --store STORE
 
 Trains on windows of labelled clips of the configured MEAD levels (the strongest, 3, by default).
 Ablations: `model.use_local_discriminator=false` (no D_l), `model.global_discriminator.temporal=conv`
-(no TCN). Resumes exactly from OUTPUT/checkpoints; the generator is saved to OUTPUT/generator.
+(no TCN). Resumes exactly from OUTPUT_DIR/checkpoints; the generator is saved to OUTPUT_DIR/generator.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Train the audio-to-intensity VAE on the store's pseudo intensities (Monte-Carlo ELBO, eq. 1).
 
-  emodiff train intensity --store STORE [--config configs/intensity.yaml] [--output DIR] [key=value ...]
+  emodiff train intensity --store STORE [--config configs/intensity.yaml] [--output-dir DIR] [--set KEY=VALUE ...]
   accelerate launch -m emodiff.train.intensity --store STORE
 
-Resumes exactly from the newest checkpoint in OUTPUT/checkpoints; the model is saved to OUTPUT/model.
+Resumes exactly from the newest checkpoint in OUTPUT_DIR/checkpoints; the model is saved to OUTPUT_DIR/model.
 """
 
 from __future__ import annotations
