@@ -118,3 +118,19 @@ def test_missing_predictor_and_empty_store_are_clear_errors(tmp_path, capsys):
     ClipStore.create(tmp_path / "empty")
     assert main(["train", "intensity", "--store", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "r")]) == 1
     assert capsys.readouterr().err.startswith("emodiff: error: Nothing to train on")
+
+
+def test_nan_loss_stops_with_the_step_and_saves_nothing(tmp_path, capsys):
+    store = ClipStore.create(tmp_path / "store")
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        k = np.full(48, np.nan, dtype=np.float32)  # broken pseudo intensities
+        store.write_clip(f"c{c}", {"audio_feats": rng.normal(size=(48, 320)), "intensity": k,
+                                   "expression": np.zeros((48, 4))}, {"fps": FPS})
+        store.append_manifest({"id": f"c{c}", "status": "ok"})
+    out = tmp_path / "run"
+    assert main(["train", "intensity", "--store", str(tmp_path / "store"), "--output-dir", str(out), *TINY,
+                 "train.checkpoint_every=1"]) == 1
+    err = capsys.readouterr().err
+    assert "reconstruction loss became nan at step 1" in err
+    assert not (out / "model").exists() and not list((out / "checkpoints").glob("checkpoint-*"))

@@ -14,7 +14,7 @@ turns the `--intensity SPEC` of the command line into one:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -24,11 +24,12 @@ from emodiff.errors import EmodiffError
 if TYPE_CHECKING:
     from emodiff.models.intensity_vae import IntensityVAE
 
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
 INTERPOLATIONS = ("linear", "smooth")
 _FILE_SUFFIXES = (".csv", ".npy")
 
 
-def interpolate_expression(e_n, e_y, k):
+def interpolate_expression(e_n: Array, e_y: Array, k: float | Array) -> Array:
     """Eq. 14–15 with the corrected direction: e_o = e_n + k·d_y, d_y = e_y − e_n.
 
     The paper prints d_y = e_n − e_y (eq. 15), which with eq. 14 would move away from the target

@@ -136,6 +136,9 @@ class Checkpoints:
 
     def resume(self) -> int:
         """Load the newest checkpoint (models, optimisers, RNG states) and return its step; 0 if none."""
+        if self.accelerator.is_main_process:
+            for stale in self.root.glob(".checkpoint-*.tmp-*"):  # left by a run killed while saving
+                shutil.rmtree(stale, ignore_errors=True)
         found = self.all()
         if not found:
             return 0
@@ -144,11 +147,12 @@ class Checkpoints:
 
 
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
-    """Stop with the step number when a loss is NaN or infinite (nothing is saved after it)."""
+    """Stop before the update of step `step` (counted from 1) when a loss is NaN or infinite, so the
+    checkpoints on disk stay intact."""
     for name, value in losses.items():
         if not torch.isfinite(value).all():
-            raise EmodiffError(f"Training stopped: the {name} loss became {value.item()} at step {step}; "
-                               "resume from the last checkpoint with a lower learning rate.")
+            raise EmodiffError(f"Training stopped: the {name} loss became {value.item()} at step {step}; the "
+                               "checkpoints are intact (check the data or lower the learning rate, then resume).")
 
 
 def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, loss: torch.Tensor,

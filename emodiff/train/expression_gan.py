@@ -99,11 +99,11 @@ def train(config: DictConfig) -> Path:
         fake = generator(emotion, sample_noise(real.shape[0], real.shape[1]))
 
         d_losses = discriminator_loss(d_global, d_local, real, fake, emotion)
-        check_finite({f"discriminator {k}": v for k, v in d_losses.items()}, step)
+        check_finite({f"discriminator {k}": v for k, v in d_losses.items()}, step + 1)
         optimizer_step(accelerator, opt_d, _weighted(d_losses, weights), d_params, tc.grad_clip)
 
         g_losses = generator_loss(d_global, d_local, real, fake, emotion)
-        check_finite({f"generator {k}": v for k, v in g_losses.items()}, step)
+        check_finite({f"generator {k}": v for k, v in g_losses.items()}, step + 1)
         optimizer_step(accelerator, opt_g, _weighted(g_losses, weights), list(generator.parameters()), tc.grad_clip)
 
         bar.set_postfix(d=f"{d_losses['global'].item():.3f}", g=f"{g_losses['global'].item():.3f}",
