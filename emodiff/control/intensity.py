@@ -14,7 +14,7 @@ turns the `--intensity SPEC` of the command line into one:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -24,11 +24,12 @@ from emodiff.errors import EmodiffError
 if TYPE_CHECKING:
     from emodiff.models.intensity_vae import IntensityVAE
 
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
 INTERPOLATIONS = ("linear", "smooth")
 _FILE_SUFFIXES = (".csv", ".npy")
 
 
-def interpolate_expression(e_n, e_y, k):
+def interpolate_expression(e_n: Array, e_y: Array, k: float | Array) -> Array:
     """Eq. 14–15 with the corrected direction: e_o = e_n + k·d_y, d_y = e_y − e_n.
 
     The paper prints d_y = e_n − e_y (eq. 15), which with eq. 14 would move away from the target
@@ -80,7 +81,8 @@ def keyframe_schedule(keys: list[tuple[float, float]], n_frames: int, fps: float
     """Per-frame k through the key frames (seconds): linear or smoothstep between neighbouring
     keys, held constant before the first and after the last. Keys beyond the duration are an error."""
     if interpolation not in INTERPOLATIONS:
-        raise EmodiffError(f"Unknown intensity interpolation '{interpolation}'; use one of: {', '.join(INTERPOLATIONS)}.")
+        raise EmodiffError(
+            f"Unknown intensity interpolation '{interpolation}'; use one of: {', '.join(INTERPOLATIONS)}.")
     duration = n_frames / fps
     if keys[-1][0] > duration:
         raise EmodiffError(
@@ -128,6 +130,9 @@ def predicted_schedule(audio_features: np.ndarray, predictor: IntensityVAE, temp
     lo, hi = clip
     if not 0.0 <= lo <= hi <= 1.0:
         raise EmodiffError(f"Intensity clip range ({lo:g}, {hi:g}) must satisfy 0 ≤ low ≤ high ≤ 1.")
+    if audio_features.ndim != 2 or audio_features.shape[1] != predictor.config.audio_dim:
+        raise EmodiffError(f"The audio features have shape {tuple(audio_features.shape)}, but the intensity predictor "
+                           f"expects (frames, {predictor.config.audio_dim}); use the feature kind it was trained on.")
     feats = torch.as_tensor(np.asarray(audio_features, dtype=np.float32))[None]
     generator = torch.Generator().manual_seed(seed)
     k = predictor.predict(feats, temperature=temperature, generator=generator)[0].cpu().numpy()

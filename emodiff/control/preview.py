@@ -2,7 +2,8 @@
 
 Examples:
   emodiff schedule --intensity "0:0.2,1.5:0.9,3:0.4" --emotion "happy@0,surprised@2" --duration 4 --plot k.png
-  emodiff schedule --intensity audio --audio-features clip/audio_feats.npy --predictor runs/intensity/model --plot k.png
+  emodiff schedule --intensity audio --audio speech.wav --predictor runs/intensity/model --plot k.png
+  emodiff schedule --intensity audio --audio-features clip/audio_feats.npy --predictor runs/intensity/model
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 from emodiff.control.intensity import INTERPOLATIONS, parse_intensity
 from emodiff.control.plot import plot_schedule
 from emodiff.control.timeline import DEFAULT_CROSSFADE, parse_emotions
+from emodiff.data.audio_features import extract_audio_features, n_video_frames
+from emodiff.data.media import load_audio
 from emodiff.data.store import save_npy_atomic
 from emodiff.errors import EmodiffError
 
@@ -28,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=25.0)
     length = parser.add_mutually_exclusive_group(required=True)
     length.add_argument("--duration", type=float, help="length of the audio in seconds")
+    length.add_argument("--audio", type=Path, help="speech (audio or video file); its length sets T")
     length.add_argument("--audio-features", type=Path, metavar="NPY", help="frame-aligned audio features (T, F)")
+    parser.add_argument("--audio-kind", default="mel", help="features computed from --audio for the predictor")
     parser.add_argument("--predictor", type=Path, help="trained intensity VAE folder (for 'audio')")
     parser.add_argument("--temperature", type=float, default=0.0, help="prior temperature (0 = deterministic)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the predicted intensity")
@@ -45,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
             raise EmodiffError(f"Audio features file {args.audio_features} does not exist.")
         features = np.load(args.audio_features, allow_pickle=False)
         n_frames = len(features)
+    elif args.audio is not None:
+        speech = load_audio(args.audio)
+        n_frames = n_video_frames(len(speech), args.fps)
+        if args.intensity.strip().lower() == "audio":
+            features = extract_audio_features(speech, args.fps, kind=args.audio_kind)
     else:
         n_frames = int(round(args.duration * args.fps))
     if n_frames < 1:

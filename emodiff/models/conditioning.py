@@ -87,7 +87,8 @@ class EmotionIntensityEncoder(nn.Module):
 
     def emotion_vectors(self, emotion: torch.Tensor | None, intensity: torch.Tensor | None) -> torch.Tensor:
         if emotion is None or intensity is None:
-            raise EmodiffError(f"the '{self.name}' expression encoder needs an emotion label and an intensity per sample.")
+            raise EmodiffError(
+                f"the '{self.name}' expression encoder needs an emotion label and an intensity per sample.")
         return self.emotion(torch.where(emotion < 0, self.num_emotions, emotion))
 
 

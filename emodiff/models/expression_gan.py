@@ -37,6 +37,11 @@ class ExpressionGenerator(ModelMixin, ConfigMixin):
         z = torch.randn(batch, n_frames, self.config.noise_dim, generator=generator)
         return z.to(self.device, self.dtype)
 
+    @torch.no_grad()
+    def generate(self, emotion: torch.Tensor, n_frames: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sampled expression sequences (B, n_frames, D) for emotion indices (B,) (inference, §3.4)."""
+        return self(emotion.to(self.device), self.sample_noise(len(emotion), n_frames, generator))
+
     def forward(self, emotion: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Expression sequences (B, T, D) for emotion indices (B,) and noise (B, T, noise_dim)."""
         y = self.emotion(emotion)

@@ -34,26 +34,32 @@ _STEP_FILE = "training_step.json"
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
-    """Arguments common to every stage: --config, --store, --output and `key=value` overrides."""
+    """Arguments common to the stages (the same names as `emodiff train denoiser`)."""
     parser.add_argument("--config", type=Path, default=CONFIG_DIR / default_config, help="YAML config")
-    parser.add_argument("--store", type=Path, help="clip store to train on (overrides data.store)")
-    parser.add_argument("--output", type=Path, help="run folder (overrides output_dir)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_steps=100")
+    parser.add_argument("--store", type=Path, help="clip store made by `emodiff prepare` (overrides data.store)")
+    parser.add_argument("--output-dir", type=Path,
+                        help="run folder: checkpoints/ and the final weights (overrides output_dir); "
+                             "training resumes from its newest checkpoint")
+    parser.add_argument("--max-steps", type=int, help="override train.max_steps")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override config entries, e.g. train.batch_size=4")
 
 
 def load_config(args: argparse.Namespace) -> DictConfig:
-    """The YAML config of `args.config` with `--store`, `--output` and the `key=value` overrides applied."""
+    """The YAML config of `args.config` with `--set`, `--store`, `--output-dir` and `--max-steps` applied."""
     if not Path(args.config).is_file():
         raise EmodiffError(f"Config file {args.config} does not exist.")
     config = OmegaConf.load(args.config)
     try:
-        config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(args.overrides)))
+        config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(args.set)))
     except Exception as err:  # omegaconf raises several error types for one bad override
-        raise EmodiffError(f"Bad config override in {args.overrides}: {err}.") from None
+        raise EmodiffError(f"Bad config override in {args.set}: {err}.") from None
     if args.store is not None:
         config.data.store = str(args.store)
-    if args.output is not None:
-        config.output_dir = str(args.output)
+    if args.output_dir is not None:
+        config.output_dir = str(args.output_dir)
+    if args.max_steps is not None:
+        config.train.max_steps = args.max_steps
     if not config.data.get("store"):
         raise EmodiffError("No clip store given; pass --store or set data.store in the config.")
     return config
@@ -130,6 +136,9 @@ class Checkpoints:
 
     def resume(self) -> int:
         """Load the newest checkpoint (models, optimisers, RNG states) and return its step; 0 if none."""
+        if self.accelerator.is_main_process:
+            for stale in self.root.glob(".checkpoint-*.tmp-*"):  # left by a run killed while saving
+                shutil.rmtree(stale, ignore_errors=True)
         found = self.all()
         if not found:
             return 0
@@ -138,11 +147,12 @@ class Checkpoints:
 
 
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
-    """Stop with the step number when a loss is NaN or infinite (nothing is saved after it)."""
+    """Stop before the update of step `step` (counted from 1) when a loss is NaN or infinite, so the
+    checkpoints on disk stay intact."""
     for name, value in losses.items():
         if not torch.isfinite(value).all():
-            raise EmodiffError(f"Training stopped: the {name} loss became {value.item()} at step {step}; "
-                               "resume from the last checkpoint with a lower learning rate.")
+            raise EmodiffError(f"Training stopped: the {name} loss became {value.item()} at step {step}; the "
+                               "checkpoints are intact (check the data or lower the learning rate, then resume).")
 
 
 def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, loss: torch.Tensor,

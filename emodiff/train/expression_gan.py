@@ -1,11 +1,11 @@
 """Train the expression generator against its global and local discriminators (EMOdiffhead §3.3).
 
-  emodiff train expression --store STORE [--config configs/expression_gan.yaml] [--output DIR] [key=value ...]
+  emodiff train expression --store STORE [--config configs/expression_gan.yaml] [--output-dir DIR] [--set KEY=VALUE ...]
   accelerate launch -m emodiff.train.expression_gan --store STORE
 
 Trains on windows of labelled clips of the configured MEAD levels (the strongest, 3, by default).
 Ablations: `model.use_local_discriminator=false` (no D_l), `model.global_discriminator.temporal=conv`
-(no TCN). Resumes exactly from OUTPUT/checkpoints; the generator is saved to OUTPUT/generator.
+(no TCN). Resumes exactly from OUTPUT_DIR/checkpoints; the generator is saved to OUTPUT_DIR/generator.
 """
 
 from __future__ import annotations
@@ -99,11 +99,11 @@ def train(config: DictConfig) -> Path:
         fake = generator(emotion, sample_noise(real.shape[0], real.shape[1]))
 
         d_losses = discriminator_loss(d_global, d_local, real, fake, emotion)
-        check_finite({f"discriminator {k}": v for k, v in d_losses.items()}, step)
+        check_finite({f"discriminator {k}": v for k, v in d_losses.items()}, step + 1)
         optimizer_step(accelerator, opt_d, _weighted(d_losses, weights), d_params, tc.grad_clip)
 
         g_losses = generator_loss(d_global, d_local, real, fake, emotion)
-        check_finite({f"generator {k}": v for k, v in g_losses.items()}, step)
+        check_finite({f"generator {k}": v for k, v in g_losses.items()}, step + 1)
         optimizer_step(accelerator, opt_g, _weighted(g_losses, weights), list(generator.parameters()), tc.grad_clip)
 
         bar.set_postfix(d=f"{d_losses['global'].item():.3f}", g=f"{g_losses['global'].item():.3f}",

@@ -1,9 +1,9 @@
 """Train the audio-to-intensity VAE on the store's pseudo intensities (Monte-Carlo ELBO, eq. 1).
 
-  emodiff train intensity --store STORE [--config configs/intensity.yaml] [--output DIR] [key=value ...]
+  emodiff train intensity --store STORE [--config configs/intensity.yaml] [--output-dir DIR] [--set KEY=VALUE ...]
   accelerate launch -m emodiff.train.intensity --store STORE
 
-Resumes exactly from the newest checkpoint in OUTPUT/checkpoints; the model is saved to OUTPUT/model.
+Resumes exactly from the newest checkpoint in OUTPUT_DIR/checkpoints; the model is saved to OUTPUT_DIR/model.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def train(config: DictConfig) -> Path:
         terms = model(batch["intensity"], batch["audio"])
         kl_weight = tc.kl_weight * min(1.0, (step + 1) / max(tc.kl_warmup_steps, 1))
         loss = terms["recon"] + kl_weight * terms["kl"]
-        check_finite({"reconstruction": terms["recon"], "KL": terms["kl"]}, step)
+        check_finite({"reconstruction": terms["recon"], "KL": terms["kl"]}, step + 1)
         optimizer_step(accelerator, optimizer, loss, list(model.parameters()), tc.grad_clip)
         bar.set_postfix(recon=f"{terms['recon'].item():.3f}", kl=f"{terms['kl'].item():.3f}")
         checkpoints.after_step(step + 1, tc.checkpoint_every, tc.max_steps)
