@@ -289,7 +289,9 @@ class EmoDiffPipeline:
 
         Only the two previous outputs per video are kept, so memory does not grow with the length.
         Each video draws its noise from its own generator seeded by `seeds[v]`, so a video is the same
-        whether it is sampled alone or in a batch. Videos that end drop out of the batch.
+        whether it is sampled alone or in a batch. Videos that end drop out of the batch. Besides the
+        windows, the UNet gets each frame's dominant emotion and k, which the intensity-control encoder
+        variants (renorm, concat, scaling; framewise paper Table 3) use instead of the expression window.
         """
         device, dtype = self.device, self.unet.dtype
         scheduler = self.make_sampler(sampler, steps)
