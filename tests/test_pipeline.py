@@ -21,13 +21,14 @@ from tests.conftest import write_random_store
 SIZE, AUDIO_DIM, EXP_DIM = 16, 8, 6
 
 
-def tiny_pipeline(seed: int = 0, super_resolution: RRDBNet | None = None, audio_dim: int = AUDIO_DIM) -> EmoDiffPipeline:
+def tiny_pipeline(seed: int = 0, super_resolution: RRDBNet | None = None, audio_dim: int = AUDIO_DIM,
+                  expression_encoder: str = "interpolation") -> EmoDiffPipeline:
     """A random tiny pipeline; zero-initialised layers (output, FiLM) get small random weights so that the
     prediction depends on every input."""
     torch.manual_seed(seed)
     unet = DenoisingUNet(sample_size=SIZE, base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
                          reference_levels=(1, 2), num_heads=2, groups=8, embedding_dim=32, audio_dim=audio_dim,
-                         expression_dim=EXP_DIM, window=2)
+                         expression_dim=EXP_DIM, window=2, expression_encoder=expression_encoder)
     with torch.no_grad():
         for param in unet.parameters():
             if not param.any():
@@ -112,6 +113,19 @@ def test_guidance_runs_in_one_batch_and_scales_conditions():
     guided = collect(pipeline, video, steps=2, sampler="ddim", seeds=[0], cfg_audio=3.0, cfg_expression=2.0)[0]
     assert batch_sizes == [3] * 4  # conditional, audio-only and unconditional rows in one forward per step
     assert (guided - plain).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("encoder", ["renorm", "concat", "scaling"])
+def test_intensity_variants_receive_each_frames_emotion_and_k(encoder):
+    pipeline = tiny_pipeline(expression_encoder=encoder)
+    low, high = random_video(3, seed=1), random_video(3, seed=1)
+    low.intensity = torch.full((3,), 0.1)
+    high.intensity = torch.full((3,), 0.9)
+    frames = [collect(pipeline, [video], steps=2, sampler="ddim", seeds=[0])[0] for video in (low, high)]
+    assert (frames[0] - frames[1]).abs().mean() > 1e-3
+    other_emotion = random_video(3, seed=1, emotion=1)
+    other_emotion.intensity = high.intensity
+    assert (collect(pipeline, [other_emotion], steps=2, sampler="ddim", seeds=[0])[0] - frames[1]).abs().mean() > 1e-3
 
 
 def test_super_resolution_is_applied_per_frame():
