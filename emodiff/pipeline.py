@@ -41,13 +41,13 @@ COMPONENTS = ("unet", "reference_net", "expression_reference", "expression_gener
               "intensity_predictor", "super_resolution")
 OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_resolution")
 SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model")
-_LOADABLE_MODULES = ("emodiff.", "diffusers")  # model_index.json may only name classes from these
+_LOADABLE_PACKAGE = "emodiff."  # model_index.json may only name classes of this package
 
 
 class ExpressionReference(ModelMixin, ConfigMixin):
     """The neutral expression e_n (D,) and one target expression e_y (D,) per emotion (eq. 14–15).
 
-    Used as e_y directly when the pipeline has no expression generator, and as e_n in either case.
+    They are e_n and e_y when the pipeline has no expression generator (with one, G synthesises both).
     """
 
     @register_to_config
@@ -154,8 +154,8 @@ class EmoDiffPipeline:
                     raise EmodiffError(f"The pipeline at {directory} has no {name}, which sampling needs.")
                 components[name] = None
                 continue
-            if not module_name.startswith(_LOADABLE_MODULES):
-                raise EmodiffError(f"{index_path} names {module_name}.{class_name} for {name}; only emodiff and diffusers classes load.")
+            if not module_name.startswith(_LOADABLE_PACKAGE):
+                raise EmodiffError(f"{index_path} names {module_name}.{class_name} for {name}; only emodiff classes load.")
             try:
                 component_cls = getattr(importlib.import_module(module_name), class_name)
                 components[name] = component_cls.from_pretrained(directory / name)

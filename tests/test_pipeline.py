@@ -161,7 +161,7 @@ def test_missing_or_corrupt_checkpoint_is_one_sentence(tmp_path):
         EmoDiffPipeline.from_pretrained(tmp_path / "pipe")
     index = tmp_path / "pipe" / "model_index.json"
     index.write_text(json.dumps({**json.loads(index.read_text()), "unet": ["os", "system"]}))
-    with pytest.raises(EmodiffError, match="only emodiff and diffusers"):
+    with pytest.raises(EmodiffError, match="only emodiff classes"):
         EmoDiffPipeline.from_pretrained(tmp_path / "pipe")
     index.write_text("{broken")
     with pytest.raises(EmodiffError, match="not valid JSON"):
