@@ -14,8 +14,10 @@ import sys
 from emodiff.errors import EmodiffError
 
 COMMANDS: dict[str, str] = {
+    "evaluate": "emodiff.metrics.evaluate",
 }
 TRAIN_STAGES: dict[str, str] = {
+    "emotion-classifier": "emodiff.train.emotion_classifier",
 }
 
 

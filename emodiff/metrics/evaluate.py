@@ -1,0 +1,541 @@
+"""Evaluate generated videos against a reference set and compare pipelines with the same metrics.
+
+    emodiff evaluate --reference REF --run ours=DIR --run eat=DIR --out REPORT [weights…]
+    emodiff evaluate protocol --source MEAD_ROOT --out PROTOCOL      (write the test inputs)
+
+Folder convention: a run folder holds `<name>.mp4` (frames + audio); videos are matched across runs and the
+reference by `<name>`. Optional sidecars next to a video (a run's own sidecar wins over the reference's):
+  `<name>.json`           {"emotion": "happy", "intensity": 0.5 or [per-frame k…], "series": "M003_happy_001"}
+                          — videos of one series share identity and audio and differ in intensity (FLIE, LIE);
+  `<name>.expression.npy` (T, D) expression vectors (DESIGN §4.2, `deca` or `landmarks` extractor);
+  `<name>.landmarks.npy`  (T, 68, 2) iBUG-68 landmarks in the evaluation crop's pixels.
+All videos are resampled to one fps and face-aligned with the crop code of `emodiff prepare`
+(`--aligned`: already aligned crops, only resized). Every metric whose weights and inputs are present is
+computed; the others are listed as skipped with the reason. Outputs: metrics.md, metrics.csv, metrics.json,
+and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from emodiff.data.labels import EMOTIONS, emotion_index
+from emodiff.data.store import write_json_atomic
+from emodiff.errors import EmodiffError
+from emodiff.metrics import framewise, frechet, landmarks, linearity, quality
+from emodiff.metrics.emotion import EmotionClassifier, emotion_accuracy, frame_logits
+from emodiff.metrics.lpips import LPIPS
+from emodiff.metrics.sync import SyncNet, sync_scores
+
+REFERENCE_RUN = "reference"
+CPBD_FRAME_STRIDE = 5
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+# (key, column title, better direction) in report order.
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("psnr", "PSNR", "↑"), ("ssim", "SSIM", "↑"), ("lpips", "LPIPS", "↓"), ("fid", "FID", "↓"),
+    ("fvd", "FVD", "↓"), ("cpbd", "CPBD", "↑"), ("csim", "CSIM", "↑"), ("lse_c", "LSE-C", "↑"),
+    ("lse_d", "LSE-D", "↓"), ("m_lmd", "M-LMD", "↓"), ("f_lmd", "F-LMD", "↓"), ("emo_acc", "EmoAcc", "↑"),
+    ("emo_acc_vote", "EmoAcc (vote)", "↑"), ("flie", "FLIE", "↓"), ("lie", "LIE", "↓"),
+    ("intensity_l2", "Intensity-L2", "↓"), ("beat_align", "Beat Align", "↑"), ("diversity", "Diversity", "↑"),
+)
+
+
+@dataclass
+class Video:
+    """One video prepared for evaluation: aligned crops uint8 (T, S, S, 3) and what is known about it."""
+
+    frames: np.ndarray
+    fps: float
+    audio: np.ndarray | None = None
+    emotion: str | None = None
+    intensity: np.ndarray | None = None  # target k per frame
+    constant_intensity: float | None = None  # k when the sidecar gave one number
+    series: str | None = None
+    expression: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
+
+
+@dataclass
+class Weights:
+    """Networks found on disk; None = the metrics that need it are skipped."""
+
+    lpips: LPIPS | None = None
+    inception: torch.nn.Module | None = None
+    i3d: torch.nn.Module | None = None
+    syncnet: SyncNet | None = None
+    emotion_classifier: EmotionClassifier | None = None
+    face_embedder: torch.nn.Module | None = None
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def read_sidecar(video_path: Path, fallback_dir: Path | None) -> dict:
+    """Labels and arrays of `<name>.*` next to the video, else next to `fallback_dir/<name>.mp4`."""
+    found: dict = {}
+    for folder in ([fallback_dir] if fallback_dir else []) + [video_path.parent]:
+        stem = folder / video_path.stem
+        if stem.with_suffix(".json").is_file():
+            try:
+                found.update(json.loads(stem.with_suffix(".json").read_text()))
+            except json.JSONDecodeError as err:
+                raise EmodiffError(f"{stem.with_suffix('.json')} is not valid JSON: {err}.") from err
+        for key in ("expression", "landmarks"):
+            path = Path(f"{stem}.{key}.npy")
+            if path.is_file():
+                found[key] = np.load(path, allow_pickle=False)
+    return found
+
+
+def make_video(frames: np.ndarray, fps: float, audio: np.ndarray | None, sidecar: dict) -> Video:
+    """A Video with its sidecar labels checked (emotion name, intensity in [0, 1])."""
+    emotion = sidecar.get("emotion")
+    if emotion is not None:
+        emotion = EMOTIONS[emotion_index(emotion)]
+    intensity, constant = sidecar.get("intensity"), None
+    if intensity is not None:
+        k = np.asarray(intensity, dtype=np.float64).reshape(-1)
+        if k.size == 1:
+            constant = float(k[0])
+            k = np.full(len(frames), constant)
+        if np.any((k < 0) | (k > 1)):
+            raise EmodiffError(f"Intensity values must lie in [0, 1]; got {k.min():.3g}..{k.max():.3g}.")
+        intensity = k[: len(frames)]
+    return Video(frames=frames, fps=fps, audio=audio, emotion=emotion, intensity=intensity,
+                 constant_intensity=constant, series=sidecar.get("series"),
+                 expression=sidecar.get("expression"), landmarks=sidecar.get("landmarks"))
+
+
+def load_video(path: Path, fps: float, size: int, aligned: bool, fallback_dir: Path | None = None) -> Video:
+    """Read, resample to `fps`, align (or resize) to size×size, and attach audio and sidecars."""
+    from emodiff.data.media import load_audio, read_video
+
+    if aligned:
+        def crop(frame: np.ndarray) -> np.ndarray:
+            return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+    else:
+        from emodiff.data.align import align_image
+
+        def crop(frame: np.ndarray) -> np.ndarray:
+            return align_image(frame, size)
+    frames = np.stack([crop(f) for f in read_video(path, fps)])
+    try:
+        audio = load_audio(path)
+    except EmodiffError:
+        audio = None  # a video without a sound track: sync and beat metrics skip it
+    return make_video(frames, fps, audio, read_sidecar(path, fallback_dir))
+
+
+def video_paths(folder: Path) -> dict[str, Path]:
+    """`<name>` → video path for the videos directly inside `folder`."""
+    if not folder.is_dir():
+        raise EmodiffError(f"Video folder {folder} does not exist.")
+    paths = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES}
+    if not paths:
+        raise EmodiffError(f"No videos ({', '.join(VIDEO_SUFFIXES)}) in {folder}.")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+def measured_intensity(videos: dict[str, Video]) -> dict[str, np.ndarray]:
+    """Per-frame intensity read back from expression vectors, calibrated per series (inverse of eq. 14):
+    k̂_t = k_lo + (k_hi − k_lo)·⟨e_t − ē_lo, ē_hi − ē_lo⟩ / ‖ē_hi − ē_lo‖², where ē_lo / ē_hi are the mean
+    expressions of the series' constant-intensity videos with the lowest / highest k."""
+    out: dict[str, np.ndarray] = {}
+    for members in _series(videos).values():
+        constant = sorted((v.constant_intensity, n) for n, v in members.items() if v.constant_intensity is not None)
+        if len(constant) < 2 or constant[0][0] == constant[-1][0]:
+            continue
+        (k_lo, lo), (k_hi, hi) = constant[0], constant[-1]
+        e_lo, e_hi = members[lo].expression.mean(axis=0), members[hi].expression.mean(axis=0)
+        direction = e_hi - e_lo
+        for name, v in members.items():
+            out[name] = k_lo + (k_hi - k_lo) * ((v.expression - e_lo) @ direction) / (direction @ direction)
+    return out
+
+
+def _series(videos: dict[str, Video]) -> dict[str, dict[str, Video]]:
+    groups: dict[str, dict[str, Video]] = defaultdict(dict)
+    for name, v in videos.items():
+        if v.series is not None and v.expression is not None:
+            groups[v.series][name] = v
+    return groups
+
+
+def _intensity_sweeps(videos: dict[str, Video], need_expression: bool) -> list[list[Video]]:
+    """Per series, its constant-intensity videos sorted by k (three or more distinct k)."""
+    groups: dict[str, list[Video]] = defaultdict(list)
+    for v in videos.values():
+        if v.series is not None and v.constant_intensity is not None and (v.expression is not None or not need_expression):
+            groups[v.series].append(v)
+    sweeps = [sorted(g, key=lambda v: v.constant_intensity) for g in groups.values()]
+    return [s for s in sweeps if len({v.constant_intensity for v in s}) >= 3]
+
+
+class RunEvaluator:
+    """Computes every available metric of one run; records why the others were skipped."""
+
+    def __init__(self, weights: Weights, reference: dict[str, Video]):
+        self.weights, self.reference = weights, reference
+        self.skipped: dict[str, str] = {}
+
+    def skip(self, metric: str, reason: str) -> None:
+        self.skipped.setdefault(metric, reason)
+
+    def evaluate(self, videos: dict[str, Video]) -> tuple[dict[str, float], dict]:
+        values: dict[str, float] = {}
+        extras: dict = {}
+        paired = [(self.reference[n], videos[n]) for n in sorted(videos) if n in self.reference]
+        paired = [(r.frames[: min(len(r.frames), len(g.frames))], g.frames[: min(len(r.frames), len(g.frames))], r, g)
+                  for r, g in paired]
+        if paired:
+            values["psnr"] = float(np.mean([quality.psnr(r, g) for r, g, _, _ in paired]))
+            values["ssim"] = float(np.mean([quality.ssim(r, g) for r, g, _, _ in paired]))
+            self._lpips(paired, values)
+            self._lmd(paired, values)
+            self._csim(paired, values)
+        else:
+            for key in ("psnr", "ssim", "lpips", "m_lmd", "f_lmd", "csim"):
+                self.skip(key, "no video name is shared with the reference folder")
+        self._frechet(videos, values)
+        values["cpbd"] = float(np.mean([quality.cpbd(f) for v in videos.values() for f in v.frames[::CPBD_FRAME_STRIDE]]))
+        self._sync(videos, values)
+        self._emotion(videos, values, extras)
+        self._intensity(videos, values, extras)
+        return values, extras
+
+    def _lpips(self, paired: list, values: dict[str, float]) -> None:
+        if self.weights.lpips is None:
+            self.skip("lpips", "no LPIPS weights (--lpips-backbone and --lpips-linear)")
+            return
+        dists = []
+        with torch.no_grad():
+            for r, g, _, _ in paired:
+                to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1
+                dists.append(self.weights.lpips(to_tensor(r), to_tensor(g)).numpy())
+        values["lpips"] = float(np.concatenate(dists).mean())
+
+    def _lmd(self, paired: list, values: dict[str, float]) -> None:
+        with_lms = [(r_v.landmarks[: len(r)], g_v.landmarks[: len(r)]) for r, _, r_v, g_v in paired
+                    if r_v.landmarks is not None and g_v.landmarks is not None]
+        if not with_lms:
+            self.skip("m_lmd", "no landmarks (<name>.landmarks.npy) for both the reference and the run")
+            self.skip("f_lmd", "no landmarks (<name>.landmarks.npy) for both the reference and the run")
+            return
+        values["m_lmd"] = float(np.mean([landmarks.m_lmd(a, b) for a, b in with_lms]))
+        values["f_lmd"] = float(np.mean([landmarks.f_lmd(a, b) for a, b in with_lms]))
+
+    def _csim(self, paired: list, values: dict[str, float]) -> None:
+        if self.weights.face_embedder is None:
+            self.skip("csim", "no face-embedding network (--face-embedder)")
+            return
+        values["csim"] = float(np.mean([quality.identity_similarity(self.weights.face_embedder, r[0], g)
+                                        for r, g, _, _ in paired]))
+
+    def _frechet(self, videos: dict[str, Video], values: dict[str, float]) -> None:
+        real = [v.frames for v in self.reference.values()]
+        fake = [v.frames for v in videos.values()]
+        if self.weights.inception is None:
+            self.skip("fid", "no Inception feature network (--inception)")
+        else:
+            values["fid"] = frechet.fid(self.weights.inception, np.concatenate(real), np.concatenate(fake))
+        if self.weights.i3d is None:
+            self.skip("fvd", "no I3D feature network (--i3d)")
+        elif min(len(v) for v in real + fake) < frechet.FVD_CLIP_FRAMES:
+            self.skip("fvd", f"a video is shorter than {frechet.FVD_CLIP_FRAMES} frames")
+        else:
+            values["fvd"] = frechet.fvd(self.weights.i3d, real, fake)
+
+    def _sync(self, videos: dict[str, Video], values: dict[str, float]) -> None:
+        if self.weights.syncnet is None:
+            self.skip("lse_c", "no SyncNet weights (--syncnet)")
+            self.skip("lse_d", "no SyncNet weights (--syncnet)")
+            return
+        scores = [sync_scores(self.weights.syncnet, v.frames, v.audio, v.fps) for v in videos.values()
+                  if v.audio is not None]
+        if not scores:
+            self.skip("lse_c", "no video has audio")
+            self.skip("lse_d", "no video has audio")
+            return
+        values["lse_c"] = float(np.mean([s.lse_c for s in scores]))
+        values["lse_d"] = float(np.mean([s.lse_d for s in scores]))
+
+    def _emotion(self, videos: dict[str, Video], values: dict[str, float], extras: dict) -> None:
+        labelled = [v for v in videos.values() if v.emotion is not None]
+        if self.weights.emotion_classifier is None or not labelled:
+            reason = "no emotion classifier (--emotion-classifier)" if labelled or self.weights.emotion_classifier is None \
+                else "no video has an emotion label"
+            self.skip("emo_acc", reason)
+            self.skip("emo_acc_vote", reason)
+            return
+        result = emotion_accuracy([frame_logits(self.weights.emotion_classifier, v.frames) for v in labelled],
+                                  [EMOTIONS.index(v.emotion) for v in labelled])
+        values["emo_acc"], values["emo_acc_vote"] = result["emo_acc"], result["emo_acc_vote"]
+        extras["per_class"] = result["per_class"]
+
+    def _intensity(self, videos: dict[str, Video], values: dict[str, float], extras: dict) -> None:
+        sweeps = _intensity_sweeps(videos, need_expression=True)
+        if sweeps:
+            values["flie"] = float(np.mean([linearity.flie([v.expression for v in s]) for s in sweeps]))
+            extras["flie_curves"] = [{"k": [v.constant_intensity for v in s],
+                                      "mean_expression": [v.expression.mean(axis=0).tolist() for v in s]}
+                                     for s in sweeps]
+        else:
+            self.skip("flie", "no series with expression vectors at three or more constant intensities")
+        lpips_sweeps = _intensity_sweeps(videos, need_expression=False)
+        if self.weights.lpips is None or not lpips_sweeps:
+            self.skip("lie", "no LPIPS weights" if self.weights.lpips is None
+                      else "no series of videos at three or more constant intensities")
+        else:
+            values["lie"] = float(np.mean([linearity.lie(self.weights.lpips, [v.frames for v in s]) for s in lpips_sweeps]))
+        with_expression = [v for v in videos.values() if v.expression is not None]
+        if not with_expression:
+            for key in ("intensity_l2", "beat_align", "diversity"):
+                self.skip(key, "no expression vectors (<name>.expression.npy)")
+            return
+        values["diversity"] = framewise.diversity([v.expression for v in with_expression])
+        with_audio = [v for v in with_expression if v.audio is not None and len(v.expression) > 2]
+        if with_audio:
+            values["beat_align"] = float(np.mean([
+                framewise.beat_align(framewise.audio_onset_beats(v.audio, v.fps), framewise.motion_beats(v.expression))
+                for v in with_audio]))
+        else:
+            self.skip("beat_align", "no video has both audio and expression vectors")
+        measured = measured_intensity(videos)
+        curves = {n: (videos[n].intensity, k) for n, k in measured.items() if videos[n].intensity is not None}
+        if curves:
+            values["intensity_l2"] = float(np.mean([framewise.intensity_l2(t, k) for t, k in curves.values()]))
+            extras["intensity_curves"] = {n: {"target": t.tolist(), "measured": k.tolist()} for n, (t, k) in curves.items()}
+        else:
+            self.skip("intensity_l2", "no series with two constant-intensity videos to calibrate the measurement")
+
+
+def evaluate_runs(reference: dict[str, Video], runs: dict[str, dict[str, Video]], weights: Weights,
+                  settings: dict | None = None) -> dict:
+    """Metrics of the reference (as a run: the ground-truth row) and of every run; see the module docstring."""
+    report: dict = {"settings": settings or {}, "metrics": {}, "extras": {}, "skipped": {}}
+    evaluator = RunEvaluator(weights, reference)
+    for name, videos in tqdm([(REFERENCE_RUN, reference), *runs.items()], desc="evaluate runs"):
+        report["metrics"][name], report["extras"][name] = evaluator.evaluate(videos)
+    report["skipped"] = {k: r for k, r in evaluator.skipped.items()
+                         if not any(k in m for m in report["metrics"].values())}
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def _format(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.4g}"
+
+
+def report_markdown(report: dict) -> str:
+    """The report as a Markdown table (runs × metrics) plus settings and skipped metrics."""
+    keys = [m for m in METRICS if any(m[0] in row for row in report["metrics"].values())]
+    lines = ["# emodiff evaluation", ""]
+    lines += [f"- {k}: {v}" for k, v in report["settings"].items()] + [""]
+    lines.append("| run | " + " | ".join(f"{title} {arrow}" for _, title, arrow in keys) + " |")
+    lines.append("|---" * (len(keys) + 1) + "|")
+    for run, row in report["metrics"].items():
+        lines.append(f"| {run} | " + " | ".join(_format(row.get(k)) for k, _, _ in keys) + " |")
+    if report["skipped"]:
+        lines += ["", "Skipped:", ""] + [f"- {k}: {why}" for k, why in report["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def report_csv(report: dict) -> str:
+    keys = [k for k, _, _ in METRICS]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["run", *keys])
+    for run, row in report["metrics"].items():
+        writer.writerow([run, *(row.get(k, "") for k in keys)])
+    return buffer.getvalue()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp-write")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_plots(report: dict, out_dir: Path) -> list[Path]:
+    """Intensity curves (target vs measured), per-emotion accuracy and FLIE curves, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig: "plt.Figure", name: str) -> None:
+        path = out_dir / name
+        fig.tight_layout()
+        fig.savefig(path.with_name(path.name + ".tmp-write.png"), dpi=100)
+        path.with_name(path.name + ".tmp-write.png").replace(path)
+        plt.close(fig)
+        written.append(path)
+
+    extras = report["extras"]
+    curves = {run: e["intensity_curves"] for run, e in extras.items() if "intensity_curves" in e}
+    if curves:
+        fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
+        for ax, (run, per_video) in zip(axes[0], curves.items()):
+            for i, (name, c) in enumerate(list(per_video.items())[:4]):
+                line, = ax.plot(c["measured"], label=f"{name} measured")
+                ax.plot(c["target"], "--", color=line.get_color(), label=f"{name} target")
+            ax.set(title=run, xlabel="frame", ylabel="intensity k")
+            ax.legend(fontsize=6)
+        save(fig, "intensity_curves.png")
+    per_class = {run: e["per_class"] for run, e in extras.items() if "per_class" in e}
+    if per_class:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        width = 0.8 / len(per_class)
+        for r, (run, table) in enumerate(per_class.items()):
+            x = np.array([EMOTIONS.index(e) for e in table]) + r * width
+            ax.bar(x, [t["mean_logits"] for t in table.values()], width, label=run)
+        ax.set_xticks(np.arange(len(EMOTIONS)) + 0.4 - width / 2, EMOTIONS, rotation=30)
+        ax.set(ylabel="video accuracy", ylim=(0, 1), title="EmoAcc per emotion")
+        ax.legend(fontsize=7)
+        save(fig, "emotion_accuracy.png")
+    flie = {run: e["flie_curves"] for run, e in extras.items() if "flie_curves" in e}
+    if flie:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for run, sweeps in flie.items():
+            for i, s in enumerate(sweeps):
+                means = np.asarray(s["mean_expression"])
+                progress = np.linalg.norm(means - means[0], axis=1) / max(np.linalg.norm(means[-1] - means[0]), 1e-12)
+                ax.plot(s["k"], progress, "o-", label=run if i == 0 else None)
+        ax.plot([0, 1], [0, 1], "k:", label="linear")
+        ax.set(xlabel="target intensity k", ylabel="‖ē_k − ē_0‖ / ‖ē_max − ē_0‖", title="FLIE curves")
+        ax.legend(fontsize=7)
+        save(fig, "flie_curves.png")
+    rows = report["metrics"]
+    shown = [m for m in METRICS if any(m[0] in row and math.isfinite(row[m[0]]) for row in rows.values())]
+    if shown:
+        fig, axes = plt.subplots(1, len(shown), figsize=(2.2 * len(shown), 3), squeeze=False)
+        for ax, (key, title, arrow) in zip(axes[0], shown):
+            names = [run for run, row in rows.items() if key in row and math.isfinite(row[key])]
+            ax.bar(range(len(names)), [rows[run][key] for run in names], color=[f"C{i}" for i in range(len(names))])
+            ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+            ax.set_title(f"{title} {arrow}", fontsize=9)
+        save(fig, "metrics.png")
+    return written
+
+
+def write_report(report: dict, out_dir: str | Path) -> list[Path]:
+    """metrics.md, metrics.csv, metrics.json and the plots, each written atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(out_dir / "metrics.md", report_markdown(report))
+    _write_text_atomic(out_dir / "metrics.csv", report_csv(report))
+    write_json_atomic(out_dir / "metrics.json", report)
+    return [out_dir / "metrics.md", out_dir / "metrics.csv", out_dir / "metrics.json", *write_plots(report, out_dir)]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def load_weights(args: argparse.Namespace) -> Weights:
+    """The networks named on the command line (each optional)."""
+    weights = Weights()
+    if bool(args.lpips_backbone) != bool(args.lpips_linear):
+        raise EmodiffError("LPIPS needs both --lpips-backbone and --lpips-linear.")
+    if args.lpips_backbone:
+        weights.lpips = LPIPS.from_files(args.lpips_trunk, args.lpips_backbone, args.lpips_linear)
+    if args.inception:
+        weights.inception = frechet.load_feature_network(args.inception)
+    if args.i3d:
+        weights.i3d = frechet.load_feature_network(args.i3d)
+    if args.face_embedder:
+        weights.face_embedder = frechet.load_feature_network(args.face_embedder)
+    for attr, cls, path in (("syncnet", SyncNet, args.syncnet), ("emotion_classifier", EmotionClassifier, args.emotion_classifier)):
+        if path:
+            if not (Path(path) / "config.json").is_file():
+                raise EmodiffError(f"{path} is not a saved {cls.__name__} folder (config.json is missing).")
+            setattr(weights, attr, cls.from_pretrained(path).eval())
+    return weights
+
+
+def parse_runs(specs: list[str]) -> dict[str, Path]:
+    runs: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise EmodiffError(f"--run expects NAME=DIR, got '{spec}'.")
+        if name == REFERENCE_RUN or name in runs:
+            raise EmodiffError(f"Run name '{name}' is used twice or clashes with '{REFERENCE_RUN}'.")
+        runs[name] = Path(folder)
+    return runs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mode", nargs="?", choices=["protocol"],
+                        help="`protocol`: write the inputs of a test protocol instead of evaluating.")
+    parser.add_argument("--reference", type=Path, help="Folder of ground-truth videos (<name>.mp4 + sidecars).")
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR", help="A pipeline's output folder.")
+    parser.add_argument("--out", type=Path, required=True, help="Report folder (or protocol folder).")
+    parser.add_argument("--fps", type=float, default=25.0, help="Frame rate all videos are resampled to.")
+    parser.add_argument("--size", type=int, default=128, help="Side of the aligned evaluation crops in pixels.")
+    parser.add_argument("--aligned", action="store_true", help="Videos are aligned face crops already: resize only.")
+    parser.add_argument("--expression-kind", choices=["deca", "landmarks"], default="deca",
+                        help="Extractor that made the <name>.expression.npy sidecars (recorded in the report).")
+    parser.add_argument("--lpips-trunk", choices=["alex", "vgg"], default="alex")
+    parser.add_argument("--lpips-backbone", help="torchvision alexnet/vgg16 state_dict file (.pth/.safetensors).")
+    parser.add_argument("--lpips-linear", help="LPIPS linear-layer file (lpips weights/v0.1/<trunk>.pth).")
+    parser.add_argument("--inception", help="TorchScript FID Inception file (e.g. inception-2015-12-05.pt).")
+    parser.add_argument("--i3d", help="TorchScript FVD I3D file (e.g. i3d_torchscript.pt).")
+    parser.add_argument("--syncnet", help="Folder of a saved emodiff SyncNet (config.json + safetensors).")
+    parser.add_argument("--emotion-classifier", help="Folder from `emodiff train emotion-classifier`.")
+    parser.add_argument("--face-embedder", help="TorchScript face-embedding network (images in [-1, 1]) for CSIM.")
+    from emodiff.metrics.protocol import add_protocol_arguments
+
+    add_protocol_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.mode == "protocol":
+        from emodiff.metrics.protocol import write_protocol
+
+        n = write_protocol(args.source, args.out, args.identities.split(","), args.level, args.sweep,
+                           args.fps)
+        print(f"Wrote {n} protocol items to {args.out}")
+        return 0
+    if args.reference is None or not args.run:
+        raise EmodiffError("evaluate needs --reference DIR and at least one --run NAME=DIR.")
+    runs = parse_runs(args.run)
+    weights = load_weights(args)
+    ref_paths = video_paths(args.reference)
+    run_paths = {name: video_paths(folder) for name, folder in runs.items()}
+    total = len(ref_paths) + sum(len(p) for p in run_paths.values())
+    with tqdm(total=total, desc="read and align videos") as bar:
+        def load_all(paths: dict[str, Path], fallback: Path | None) -> dict[str, Video]:
+            videos = {}
+            for name, path in paths.items():
+                videos[name] = load_video(path, args.fps, args.size, args.aligned, fallback)
+                bar.update(1)
+            return videos
+
+        reference = load_all(ref_paths, None)
+        loaded = {name: load_all(paths, args.reference) for name, paths in run_paths.items()}
+    settings = {"fps": args.fps, "crop": f"{args.size}×{args.size} ({'pre-aligned' if args.aligned else 'aligned'})",
+                "expression vectors": args.expression_kind, "reference": str(args.reference),
+                "videos": {name: len(v) for name, v in {REFERENCE_RUN: reference, **loaded}.items()}}
+    report = evaluate_runs(reference, loaded, weights, settings)
+    files = write_report(report, args.out)
+    print(report_markdown(report))
+    print("Wrote " + ", ".join(str(f) for f in files))
+    return 0
