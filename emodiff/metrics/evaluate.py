@@ -273,9 +273,9 @@ class RunEvaluator:
 
     def _emotion(self, videos: dict[str, Video], values: dict[str, float], extras: dict) -> None:
         labelled = [v for v in videos.values() if v.emotion is not None]
-        if self.weights.emotion_classifier is None or not labelled:
-            reason = "no emotion classifier (--emotion-classifier)" if labelled or self.weights.emotion_classifier is None \
-                else "no video has an emotion label"
+        reason = ("no emotion classifier (--emotion-classifier)" if self.weights.emotion_classifier is None
+                  else None if labelled else "no video has an emotion label")
+        if reason:
             self.skip("emo_acc", reason)
             self.skip("emo_acc_vote", reason)
             return
@@ -486,7 +486,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mode", nargs="?", choices=["protocol"],
                         help="`protocol`: write the inputs of a test protocol instead of evaluating.")
     parser.add_argument("--reference", type=Path, help="Folder of ground-truth videos (<name>.mp4 + sidecars).")
-    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR", help="A pipeline's output folder.")
+    parser.add_argument("--run", dest="runs", action="append", default=[], metavar="NAME=DIR",
+                        help="A pipeline's output folder (repeatable).")
     parser.add_argument("--out", type=Path, required=True, help="Report folder (or protocol folder).")
     parser.add_argument("--fps", type=float, default=25.0, help="Frame rate all videos are resampled to.")
     parser.add_argument("--size", type=int, default=128, help="Side of the aligned evaluation crops in pixels.")
@@ -514,9 +515,9 @@ def run(args: argparse.Namespace) -> int:
                            args.fps)
         print(f"Wrote {n} protocol items to {args.out}")
         return 0
-    if args.reference is None or not args.run:
+    if args.reference is None or not args.runs:
         raise EmodiffError("evaluate needs --reference DIR and at least one --run NAME=DIR.")
-    runs = parse_runs(args.run)
+    runs = parse_runs(args.runs)
     weights = load_weights(args)
     ref_paths = video_paths(args.reference)
     run_paths = {name: video_paths(folder) for name, folder in runs.items()}

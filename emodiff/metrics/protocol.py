@@ -47,8 +47,6 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 def write_protocol(source: Path | None, out: Path, identities: list[str], level: int, sweep: str,
                    fps: float) -> int:
     """Write the protocol folder; returns the number of items (rows of protocol.csv)."""
-    from emodiff.data.media import load_audio, read_video
-
     if source is None or not Path(source).is_dir():
         raise EmodiffError("evaluate protocol needs --source, an existing MEAD folder.")
     try:
@@ -65,6 +63,8 @@ def write_protocol(source: Path | None, out: Path, identities: list[str], level:
             videos.append((f"{label.identity}_{label.emotion}_{level}_{path.stem}", label.emotion, path))
     if not videos:
         raise EmodiffError(f"No level-{level} MEAD videos of {', '.join(sorted(wanted))} under {source}.")
+    from emodiff.data.media import load_audio, read_video
+
     for sub in ("inputs", "reference"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows = []

@@ -14,11 +14,11 @@ PEAK = 255.0
 
 
 def psnr(reference: np.ndarray, test: np.ndarray) -> float:
-    """Mean per-frame PSNR = 10·log10(255² / MSE) in dB; identical frames give +inf."""
-    ref, out = _frames(reference), _frames(test)
-    mse = ((ref - out) ** 2).reshape(len(ref), -1).mean(axis=1)
+    """PSNR = 10·log10(255² / MSE) in dB, MSE over all pixels of all frames (a frame that happens to be
+    identical does not make a video's PSNR infinite); identical videos give +inf."""
+    mse = np.mean((_frames(reference) - _frames(test)) ** 2)
     with np.errstate(divide="ignore"):
-        return float(np.mean(10.0 * np.log10(PEAK**2 / mse)))
+        return float(10.0 * np.log10(PEAK**2 / mse))
 
 
 def _gaussian_kernel(size: int = 11, sigma: float = 1.5) -> np.ndarray:
