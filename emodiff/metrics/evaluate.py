@@ -395,7 +395,9 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     if curves:
         fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
         for ax, (run, per_video) in zip(axes[0], curves.items()):
-            for i, (name, c) in enumerate(list(per_video.items())[:4]):
+            # schedules that vary over time first: they show frame-wise control best
+            ordered = sorted(per_video.items(), key=lambda item: np.ptp(item[1]["target"]) == 0)
+            for name, c in ordered[:4]:
                 line, = ax.plot(c["measured"], label=f"{name} measured")
                 ax.plot(c["target"], "--", color=line.get_color(), label=f"{name} target")
             ax.set(title=run, xlabel="frame", ylabel="intensity k")
@@ -415,11 +417,11 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     flie = {run: e["flie_curves"] for run, e in extras.items() if "flie_curves" in e}
     if flie:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for run, sweeps in flie.items():
+        for r, (run, sweeps) in enumerate(flie.items()):
             for i, s in enumerate(sweeps):
                 means = np.asarray(s["mean_expression"])
                 progress = np.linalg.norm(means - means[0], axis=1) / max(np.linalg.norm(means[-1] - means[0]), 1e-12)
-                ax.plot(s["k"], progress, "o-", label=run if i == 0 else None)
+                ax.plot(s["k"], progress, "o-", color=f"C{r}", alpha=0.7, label=run if i == 0 else None)
         ax.plot([0, 1], [0, 1], "k:", label="linear")
         ax.set(xlabel="target intensity k", ylabel="‖ē_k − ē_0‖ / ‖ē_max − ē_0‖", title="FLIE curves")
         ax.legend(fontsize=7)
@@ -427,10 +429,11 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     rows = report["metrics"]
     shown = [m for m in METRICS if any(m[0] in row and math.isfinite(row[m[0]]) for row in rows.values())]
     if shown:
+        colour = {run: f"C{i}" for i, run in enumerate(rows)}
         fig, axes = plt.subplots(1, len(shown), figsize=(2.2 * len(shown), 3), squeeze=False)
         for ax, (key, title, arrow) in zip(axes[0], shown):
             names = [run for run, row in rows.items() if key in row and math.isfinite(row[key])]
-            ax.bar(range(len(names)), [rows[run][key] for run in names], color=[f"C{i}" for i in range(len(names))])
+            ax.bar(range(len(names)), [rows[run][key] for run in names], color=[colour[run] for run in names])
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
             ax.set_title(f"{title} {arrow}", fontsize=9)
         save(fig, "metrics.png")
