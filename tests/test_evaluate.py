@@ -189,3 +189,80 @@ def test_evaluate_cli_errors_are_one_sentence(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
     err = capsys.readouterr().err
     assert err.startswith("emodiff: error: ") and message in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------ CLI end to end
+
+
+@pytest.fixture
+def media(monkeypatch):
+    """emodiff.data.media (branch `media`); until it is merged, a PyAV stand-in with the pinned API."""
+    try:
+        import emodiff.data.media as module
+        return module
+    except ImportError:
+        pass
+    import sys
+    import types
+
+    import av
+
+    from emodiff.errors import EmodiffError
+
+    def read_video(path, fps):
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+
+    def load_audio(path):
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise EmodiffError(f"{path} has no audio.")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
+            chunks = [r.to_ndarray().reshape(-1) for f in container.decode(audio=0) for r in resampler.resample(f)]
+        return np.concatenate(chunks).astype(np.float32)
+
+    module = types.ModuleType("emodiff.data.media")
+    module.read_video, module.load_audio = read_video, load_audio
+    monkeypatch.setitem(sys.modules, "emodiff.data.media", module)
+    return module
+
+
+def _write_video(path: Path, frames: np.ndarray, fps: int = 25) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "12"}
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, media, tmp_path, capsys):
+    protocol_src = tmp_path / "mead" / "M003" / "video" / "front" / "sad" / "level_3"
+    protocol_src.mkdir(parents=True)
+    (protocol_src / "001.mp4").symlink_to(fixtures_dir / "mead_sad_crop.mp4")
+    assert main(["evaluate", "protocol", "--source", str(tmp_path / "mead"), "--out", str(tmp_path / "protocol"),
+                 "--sweep", "0,0.5,1"]) == 0
+    rows = (tmp_path / "protocol" / "protocol.csv").read_text().splitlines()
+    assert len(rows) == 1 + 1 + 3 and rows[1].startswith("M003_sad_3_001,inputs/M003_sad_3_001.png")
+    assert json.loads((tmp_path / "protocol" / "reference" / "M003_sad_3_001_k0.50.json").read_text()) == {
+        "emotion": "sad", "intensity": 0.5, "series": "M003_sad_3_001"}
+    frames = np.stack(list(media.read_video(tmp_path / "protocol" / "reference" / "M003_sad_3_001.mp4", 25)))[:20]
+    ref, run = tmp_path / "ref", tmp_path / "blurred"
+    ref.mkdir(), run.mkdir()
+    _write_video(ref / "clip.mp4", frames)
+    _write_video(run / "clip.mp4", np.stack([cv2.GaussianBlur(f, (0, 0), 2.0) for f in frames]))
+    (ref / "clip.json").write_text(json.dumps({"emotion": "sad"}))
+    out = tmp_path / "report"
+    assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--aligned", "--size", "64",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["metrics"]["reference"]["psnr"] == "inf"
+    assert report["metrics"]["blurred"]["psnr"] < 40 and "emo_acc" in report["skipped"]
+    assert "| blurred |" in (out / "metrics.md").read_text()
+    (run / "clip.json").write_text(json.dumps({"emotion": "joy"}))
+    assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--aligned", "--out", str(out)]) == 1
+    assert "valid emotions are" in capsys.readouterr().err

@@ -440,13 +440,24 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     return written
 
 
+def _json_safe(obj):
+    """Strict JSON: non-finite floats (PSNR of identical videos) become the strings "inf" / "-inf" / "nan"."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
 def write_report(report: dict, out_dir: str | Path) -> list[Path]:
-    """metrics.md, metrics.csv, metrics.json and the plots, each written atomically."""
+    """metrics.md, metrics.csv, metrics.json (∞ written as "inf") and the plots, each written atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_text_atomic(out_dir / "metrics.md", report_markdown(report))
     _write_text_atomic(out_dir / "metrics.csv", report_csv(report))
-    write_json_atomic(out_dir / "metrics.json", report)
+    write_json_atomic(out_dir / "metrics.json", _json_safe(report))
     return [out_dir / "metrics.md", out_dir / "metrics.csv", out_dir / "metrics.json", *write_plots(report, out_dir)]
 
 
