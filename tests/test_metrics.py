@@ -13,7 +13,7 @@ import torch
 from emodiff.errors import EmodiffError
 from emodiff.metrics import framewise, frechet, landmarks, linearity, quality
 from emodiff.metrics.lpips import LPIPS, SCALING_SCALE, SCALING_SHIFT
-from emodiff.metrics.sync import SyncNet, score_embeddings, sync_scores, sync_windows
+from emodiff.metrics.sync import SyncNet, mfcc, score_embeddings, sync_scores, sync_windows
 
 # ------------------------------------------------------------------------------------------ PSNR / SSIM
 
@@ -311,51 +311,79 @@ def test_framewise_metrics_closed_forms():
 # ------------------------------------------------------------------------------------------ SyncNet
 
 
-def _talking(envelope: np.ndarray, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def test_mfcc_matches_python_speech_features_values():
+    t = np.arange(8000) / 16000
+    x = np.round(8000 * np.sin(2 * np.pi * 440 * t) + 3000 * np.sin(2 * np.pi * 1250 * t**1.5)).astype(np.int16)
+    # python_speech_features.mfcc(x, 16000), rows 0, 20 and 48, computed outside this project
+    expected = np.array([
+        [19.1003, 22.3541, 7.2554, -7.1539, -19.6292, -26.6784, -24.6937, -16.2915, -4.0908, 6.4795, 12.3468, 11.3085, 5.1742],
+        [19.5189, 27.2194, -0.7991, -28.6893, -37.7125, -24.6532, -4.9579, 1.7045, -4.1767, -8.8446, 0.1071, 16.5061, 25.5712],
+        [19.6112, 20.4926, -14.7272, -23.2133, -5.0638, -2.9323, -28.9614, -42.5166, -11.4774, 30.9834, 36.875, 8.9614, -8.9435]])
+    coeffs = mfcc(x / 32768.0)
+    assert coeffs.shape == (49, 13)
+    assert np.abs(coeffs[[0, 20, 48]] - expected).max() < 1e-3
+
+
+def test_syncnet_loads_the_official_layout(tmp_path):
+    official = SyncNet()  # the released architecture: 224² crops, 1024-d embeddings
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in official.state_dict().items()}
+    torch.save(state, tmp_path / "syncnet_v2.model")
+    loaded = SyncNet.from_syncnet_v2(tmp_path / "syncnet_v2.model")
+    assert torch.equal(loaded.netcnnlip[0].weight, state["netcnnlip.0.weight"])
+    assert loaded.netcnnlip[0].weight.shape == (96, 3, 5, 7, 7) and loaded.netcnnaud[18].weight.shape == (512, 256, 5, 4)
+    del state["netfclip.3.weight"]
+    torch.save(state, tmp_path / "broken.model")
+    with pytest.raises(EmodiffError, match="netfclip.3.weight"):
+        SyncNet.from_syncnet_v2(tmp_path / "broken.model")
+
+
+def _talking(envelope: np.ndarray, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Frames whose mouth opening and audio loudness both follow `envelope` (one value per 25 fps frame)."""
     rng = np.random.default_rng(seed)
     frames = np.full((len(envelope), size, size, 3), 160, np.uint8)
     for i, e in enumerate(envelope):
-        h = 1 + int(round(e * 10))
-        frames[i, 20:20 + h, 10:22] = 30
+        h = 2 + int(round(e * 16))
+        frames[i, 36:36 + h, 20:44] = 30
     carrier = np.sin(2 * np.pi * 220 * np.arange(640) / 16000)
-    audio = np.concatenate([e * carrier for e in envelope]) + rng.normal(0, 0.01, 640 * len(envelope))
+    audio = np.concatenate([e * carrier for e in envelope]) * 0.5 + rng.normal(0, 0.003, 640 * len(envelope))
     return frames, audio.astype(np.float32)
 
 
 def test_syncnet_trained_here_finds_the_audio_shift():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    model = SyncNet(channels=(8, 16), embed_dim=16, mouth_size=16)
-    frames, audio = _talking(rng.uniform(0, 1, 400))
-    video_w, audio_w = sync_windows(frames, audio, 25, 5, 16)
+    model = SyncNet(image_size=64, audio_channels=(8, 16, 16, 16, 16, 32), lip_channels=(8, 16, 16, 16, 16, 32),
+                    embed_dim=32)
+    frames, audio = _talking(rng.uniform(0, 1, 300))
+    lips, mfccs = sync_windows(frames, audio, 64)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(150):  # InfoNCE: each video window must pick its own audio window in the batch
-        idx = torch.from_numpy(rng.choice(len(video_w), 48, replace=False))
-        v, a = model(video_w[idx], audio_w[idx])
-        logits = v @ a.T * 10
+    for _ in range(120):  # each lip window must pick its own audio window in the batch by distance
+        idx = torch.from_numpy(rng.choice(len(lips), 32, replace=False))
+        logits = -torch.cdist(model.embed_lips(lips[idx]), model.embed_audio(mfccs[idx])) ** 2 / 10
         loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(idx)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    frames, audio = _talking(rng.uniform(0, 1, 120), seed=1)
+    frames, audio = _talking(rng.uniform(0, 1, 100), seed=1)
     aligned = sync_scores(model, frames, audio, 25)
     assert aligned.offset == 0
     k = 4
     delayed = np.concatenate([np.zeros(k * 640, np.float32), audio])[: len(audio)]
     late = sync_scores(model, frames, delayed, 25)
     assert late.offset == k
-    unrelated = sync_scores(model, frames, _talking(rng.uniform(0, 1, 120), seed=2)[1], 25)
+    unrelated = sync_scores(model, frames, _talking(rng.uniform(0, 1, 100), seed=2)[1], 25)
     assert aligned.lse_c > 2 * unrelated.lse_c and aligned.lse_d < unrelated.lse_d
     print(f"SyncNet: aligned LSE-C {aligned.lse_c:.3f} LSE-D {aligned.lse_d:.3f}; delayed {k} → offset "
           f"{late.offset}; unrelated audio LSE-C {unrelated.lse_c:.3f} LSE-D {unrelated.lse_d:.3f}")
+    with pytest.raises(EmodiffError, match="25 fps"):
+        sync_scores(model, frames, audio, 30)
 
 
-def test_sync_scores_closed_form_and_short_input():
-    emb = torch.nn.functional.normalize(torch.randn(40, 8), dim=1)
+def test_sync_scores_closed_form():
+    emb = torch.randn(40, 8)
     scores = score_embeddings(emb, torch.roll(emb, 2, dims=0), max_offset=5)
-    assert scores.offset == 2 and scores.lse_d == pytest.approx(0.0, abs=1e-6)
-    assert scores.lse_c == pytest.approx(float(np.median(scores.mean_distances)))
-    with pytest.raises(EmodiffError, match="offsets"):
-        score_embeddings(emb[:10], emb[:10], max_offset=15)
+    assert scores.offset == 2
+    # at lag 2 only the last two windows meet zero padding: mean distance = (‖e_38‖ + ‖e_39‖) / 40
+    assert scores.lse_d == pytest.approx(float(emb[38:].norm(dim=1).sum() / 40), rel=1e-5)
+    assert scores.lse_c == pytest.approx(float(np.median(scores.mean_distances)) - scores.lse_d)

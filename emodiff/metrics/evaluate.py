@@ -36,6 +36,7 @@ from emodiff.errors import EmodiffError
 from emodiff.metrics import framewise, frechet, landmarks, linearity, quality
 from emodiff.metrics.emotion import EmotionClassifier, emotion_accuracy, frame_logits
 from emodiff.metrics.lpips import LPIPS
+from emodiff.metrics.sync import FPS as SYNC_FPS
 from emodiff.metrics.sync import SyncNet, sync_scores
 
 REFERENCE_RUN = "reference"
@@ -263,10 +264,10 @@ class RunEvaluator:
             self.skip("lse_d", "no SyncNet weights (--syncnet)")
             return
         scores = [sync_scores(self.weights.syncnet, v.frames, v.audio, v.fps) for v in videos.values()
-                  if v.audio is not None]
+                  if v.audio is not None and round(v.fps) == SYNC_FPS]
         if not scores:
-            self.skip("lse_c", "no video has audio")
-            self.skip("lse_d", "no video has audio")
+            self.skip("lse_c", f"no {SYNC_FPS} fps video with audio")
+            self.skip("lse_d", f"no {SYNC_FPS} fps video with audio")
             return
         values["lse_c"] = float(np.mean([s.lse_c for s in scores]))
         values["lse_d"] = float(np.mean([s.lse_d for s in scores]))
@@ -476,12 +477,19 @@ def load_weights(args: argparse.Namespace) -> Weights:
         weights.i3d = frechet.load_feature_network(args.i3d)
     if args.face_embedder:
         weights.face_embedder = frechet.load_feature_network(args.face_embedder)
-    for attr, cls, path in (("syncnet", SyncNet, args.syncnet), ("emotion_classifier", EmotionClassifier, args.emotion_classifier)):
-        if path:
-            if not (Path(path) / "config.json").is_file():
-                raise EmodiffError(f"{path} is not a saved {cls.__name__} folder (config.json is missing).")
-            setattr(weights, attr, cls.from_pretrained(path).eval())
+    if args.syncnet and Path(args.syncnet).is_file():
+        weights.syncnet = SyncNet.from_syncnet_v2(args.syncnet)
+    elif args.syncnet:
+        weights.syncnet = _load_saved_model(SyncNet, args.syncnet)
+    if args.emotion_classifier:
+        weights.emotion_classifier = _load_saved_model(EmotionClassifier, args.emotion_classifier)
     return weights
+
+
+def _load_saved_model(cls: type, folder: str) -> torch.nn.Module:
+    if not (Path(folder) / "config.json").is_file():
+        raise EmodiffError(f"{folder} is not a saved {cls.__name__} folder (config.json is missing).")
+    return cls.from_pretrained(folder).eval()
 
 
 def parse_runs(specs: list[str]) -> dict[str, Path]:
@@ -513,7 +521,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lpips-linear", help="LPIPS linear-layer file (lpips weights/v0.1/<trunk>.pth).")
     parser.add_argument("--inception", help="TorchScript FID Inception file (e.g. inception-2015-12-05.pt).")
     parser.add_argument("--i3d", help="TorchScript FVD I3D file (e.g. i3d_torchscript.pt).")
-    parser.add_argument("--syncnet", help="Folder of a saved emodiff SyncNet (config.json + safetensors).")
+    parser.add_argument("--syncnet", help="Official syncnet_v2.model file, or a folder of a saved emodiff SyncNet.")
     parser.add_argument("--emotion-classifier", help="Folder from `emodiff train emotion-classifier`.")
     parser.add_argument("--face-embedder", help="TorchScript face-embedding network (images in [-1, 1]) for CSIM.")
     from emodiff.metrics.protocol import add_protocol_arguments
