@@ -208,6 +208,33 @@ def test_cpbd_blur_lowers_it_and_matches_reference_implementation():
     assert c_sharp > c_blur + 0.2
 
 
+def test_cpbd_of_a_real_face_falls_with_blur(fixtures_dir):
+    face = cv2.cvtColor(cv2.imread(str(fixtures_dir / "face_happy.png")), cv2.COLOR_BGR2RGB)
+    values = [quality.cpbd(cv2.GaussianBlur(face, (0, 0), s)) if s else quality.cpbd(face) for s in (0, 0.5, 1.0)]
+    print(f"CPBD of face_happy.png at blur σ = 0, 0.5, 1: {[round(v, 3) for v in values]}")
+    assert values[0] > values[1] > values[2]
+    assert 0.15 < values[0] < 0.5  # the range papers report for real talking-head frames
+    assert values[1] == pytest.approx(_reference_cpbd(cv2.GaussianBlur(face, (0, 0), 0.5)))
+
+
+class _MeanColour(torch.nn.Module):
+    """A face 'embedder' whose embedding is the mean colour, so CSIM has a hand-computable value."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def test_identity_similarity_is_mean_cosine_to_the_identity_frame():
+    identity = np.zeros((8, 8, 3), np.uint8)
+    identity[..., 0] = 255  # embedding (1, −1, −1)
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    frames[0] = identity
+    frames[1, ..., 1] = 255  # embedding (−1, 1, −1): cosine −1/3 with the identity
+    embedder = torch.jit.script(_MeanColour())
+    assert quality.identity_similarity(embedder, identity, frames[:1]) == pytest.approx(1.0)
+    assert quality.identity_similarity(embedder, identity, frames) == pytest.approx((1 - 1 / 3) / 2)
+
+
 # ------------------------------------------------------------------------------------------ FID / FVD
 
 
