@@ -257,11 +257,16 @@ def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, media, tmp_path, cap
     _write_video(run / "clip.mp4", np.stack([cv2.GaussianBlur(f, (0, 0), 2.0) for f in frames]))
     (ref / "clip.json").write_text(json.dumps({"emotion": "sad"}))
     out = tmp_path / "report"
+    _alex_files(tmp_path)
+    torch.jit.script(_TinyInception()).save(str(tmp_path / "inception.pt"))
     assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--aligned", "--size", "64",
-                 "--out", str(out)]) == 0
+                 "--lpips-backbone", str(tmp_path / "alexnet.pth"), "--lpips-linear", str(tmp_path / "alex.pth"),
+                 "--inception", str(tmp_path / "inception.pt"), "--device", "cpu", "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["metrics"]["reference"]["psnr"] == "inf"
-    assert report["metrics"]["blurred"]["psnr"] < 40 and "emo_acc" in report["skipped"]
+    assert report["metrics"]["reference"]["psnr"] == "inf" and report["metrics"]["reference"]["lpips"] == 0
+    assert report["metrics"]["blurred"]["psnr"] < 40 and report["metrics"]["blurred"]["lpips"] > 0
+    assert report["metrics"]["blurred"]["fid"] > report["metrics"]["reference"]["fid"]
+    assert "emo_acc" in report["skipped"] and "fvd" in report["skipped"]
     assert "| blurred |" in (out / "metrics.md").read_text()
     (run / "clip.json").write_text(json.dumps({"emotion": "joy"}))
     assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--aligned", "--out", str(out)]) == 1

@@ -184,6 +184,12 @@ def _intensity_sweeps(videos: dict[str, Video], need_expression: bool) -> list[l
     return [s for s in sweeps if len({v.constant_intensity for v in s}) >= 3]
 
 
+def _common_frames(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sequences cut to the shorter length (frame i of one faces frame i of the other)."""
+    n = min(len(a), len(b))
+    return a[:n], b[:n]
+
+
 class RunEvaluator:
     """Computes every available metric of one run; records why the others were skipped."""
 
@@ -197,15 +203,13 @@ class RunEvaluator:
     def evaluate(self, videos: dict[str, Video]) -> tuple[dict[str, float], dict]:
         values: dict[str, float] = {}
         extras: dict = {}
-        paired = [(self.reference[n], videos[n]) for n in sorted(videos) if n in self.reference]
-        paired = [(r.frames[: min(len(r.frames), len(g.frames))], g.frames[: min(len(r.frames), len(g.frames))], r, g)
-                  for r, g in paired]
-        if paired:
-            values["psnr"] = float(np.mean([quality.psnr(r, g) for r, g, _, _ in paired]))
-            values["ssim"] = float(np.mean([quality.ssim(r, g) for r, g, _, _ in paired]))
-            self._lpips(paired, values)
-            self._lmd(paired, values)
-            self._csim(paired, values)
+        pairs = [(self.reference[n], videos[n]) for n in sorted(videos) if n in self.reference]
+        if pairs:
+            values["psnr"] = float(np.mean([quality.psnr(*_common_frames(r.frames, g.frames)) for r, g in pairs]))
+            values["ssim"] = float(np.mean([quality.ssim(*_common_frames(r.frames, g.frames)) for r, g in pairs]))
+            self._lpips(pairs, values)
+            self._lmd(pairs, values)
+            self._csim(pairs, values)
         else:
             for key in ("psnr", "ssim", "lpips", "m_lmd", "f_lmd", "csim"):
                 self.skip(key, "no video name is shared with the reference folder")
@@ -216,20 +220,16 @@ class RunEvaluator:
         self._intensity(videos, values, extras)
         return values, extras
 
-    def _lpips(self, paired: list, values: dict[str, float]) -> None:
+    def _lpips(self, pairs: list[tuple[Video, Video]], values: dict[str, float]) -> None:
         if self.weights.lpips is None:
             self.skip("lpips", "no LPIPS weights (--lpips-backbone and --lpips-linear)")
             return
-        dists = []
-        with torch.no_grad():
-            for r, g, _, _ in paired:
-                to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1
-                dists.append(self.weights.lpips(to_tensor(r), to_tensor(g)).numpy())
-        values["lpips"] = float(np.concatenate(dists).mean())
+        values["lpips"] = float(np.concatenate([self.weights.lpips.frames_distance(*_common_frames(r.frames, g.frames))
+                                                for r, g in pairs]).mean())
 
-    def _lmd(self, paired: list, values: dict[str, float]) -> None:
-        with_lms = [(r_v.landmarks[: len(r)], g_v.landmarks[: len(r)]) for r, _, r_v, g_v in paired
-                    if r_v.landmarks is not None and g_v.landmarks is not None]
+    def _lmd(self, pairs: list[tuple[Video, Video]], values: dict[str, float]) -> None:
+        with_lms = [_common_frames(r.landmarks, g.landmarks) for r, g in pairs
+                    if r.landmarks is not None and g.landmarks is not None]
         if not with_lms:
             self.skip("m_lmd", "no landmarks (<name>.landmarks.npy) for both the reference and the run")
             self.skip("f_lmd", "no landmarks (<name>.landmarks.npy) for both the reference and the run")
@@ -237,12 +237,12 @@ class RunEvaluator:
         values["m_lmd"] = float(np.mean([landmarks.m_lmd(a, b) for a, b in with_lms]))
         values["f_lmd"] = float(np.mean([landmarks.f_lmd(a, b) for a, b in with_lms]))
 
-    def _csim(self, paired: list, values: dict[str, float]) -> None:
+    def _csim(self, pairs: list[tuple[Video, Video]], values: dict[str, float]) -> None:
         if self.weights.face_embedder is None:
             self.skip("csim", "no face-embedding network (--face-embedder)")
             return
-        values["csim"] = float(np.mean([quality.identity_similarity(self.weights.face_embedder, r[0], g)
-                                        for r, g, _, _ in paired]))
+        values["csim"] = float(np.mean([quality.identity_similarity(self.weights.face_embedder, r.frames[0], g.frames)
+                                        for r, g in pairs]))
 
     def _frechet(self, videos: dict[str, Video], values: dict[str, float]) -> None:
         real = [v.frames for v in self.reference.values()]
@@ -483,6 +483,10 @@ def load_weights(args: argparse.Namespace) -> Weights:
         weights.syncnet = _load_saved_model(SyncNet, args.syncnet)
     if args.emotion_classifier:
         weights.emotion_classifier = _load_saved_model(EmotionClassifier, args.emotion_classifier)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for name in vars(weights):
+        if getattr(weights, name) is not None:
+            setattr(weights, name, getattr(weights, name).to(device))
     return weights
 
 
@@ -516,6 +520,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aligned", action="store_true", help="Videos are aligned face crops already: resize only.")
     parser.add_argument("--expression-kind", choices=["deca", "landmarks"], default="deca",
                         help="Extractor that made the <name>.expression.npy sidecars (recorded in the report).")
+    parser.add_argument("--device", help="Device for the networks (default: cuda when available, else cpu).")
     parser.add_argument("--lpips-trunk", choices=["alex", "vgg"], default="alex")
     parser.add_argument("--lpips-backbone", help="torchvision alexnet/vgg16 state_dict file (.pth/.safetensors).")
     parser.add_argument("--lpips-linear", help="LPIPS linear-layer file (lpips weights/v0.1/<trunk>.pth).")

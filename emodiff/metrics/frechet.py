@@ -20,6 +20,7 @@ import scipy.linalg
 import torch
 
 from emodiff.errors import EmodiffError
+from emodiff.metrics.lpips import module_device
 
 FVD_CLIP_FRAMES = 16
 
@@ -62,7 +63,8 @@ def load_feature_network(path: str | Path) -> torch.jit.ScriptModule:
 
 @torch.no_grad()
 def _features(net: torch.nn.Module, batches: Sequence[torch.Tensor], **kwargs: bool) -> np.ndarray:
-    return np.concatenate([net(b, **kwargs).flatten(1).double().numpy() for b in batches])
+    device = module_device(net)
+    return np.concatenate([net(b.to(device), **kwargs).flatten(1).double().cpu().numpy() for b in batches])
 
 
 def fid(net: torch.nn.Module, real_frames: np.ndarray, fake_frames: np.ndarray, batch_size: int = 64) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from emodiff.errors import EmodiffError
 from emodiff.metrics.lpips import LPIPS
@@ -41,7 +40,6 @@ def flie(expressions_by_intensity: Sequence[np.ndarray]) -> float:
     return float(_coefficient_of_variation(steps, axis=0).sum())
 
 
-@torch.no_grad()
 def lie(lpips: LPIPS, frames_by_intensity: Sequence[np.ndarray]) -> float:
     """LIE: coefficient of variation, across adjacent intensity pairs, of the LPIPS distance between the
     frames with the same index; averaged over frames.
@@ -52,7 +50,6 @@ def lie(lpips: LPIPS, frames_by_intensity: Sequence[np.ndarray]) -> float:
     if len(frames_by_intensity) < 3:
         raise EmodiffError("LIE needs videos at three or more intensities.")
     n_frames = min(len(v) for v in frames_by_intensity)
-    videos = [torch.from_numpy(np.ascontiguousarray(v[:n_frames])).permute(0, 3, 1, 2).float() / 127.5 - 1
-              for v in frames_by_intensity]
-    distances = np.stack([lpips(a, b).numpy() for a, b in zip(videos[:-1], videos[1:])])  # (n, T)
+    videos = [v[:n_frames] for v in frames_by_intensity]
+    distances = np.stack([lpips.frames_distance(a, b) for a, b in zip(videos[:-1], videos[1:])])  # (n, T)
     return float(_coefficient_of_variation(distances, axis=0).mean())

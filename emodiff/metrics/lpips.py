@@ -17,9 +17,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from emodiff.data.datasets import frames_to_tensor
 from emodiff.errors import EmodiffError
 
 # Official constants of the LPIPS scaling layer (inputs in [-1, 1]).
@@ -96,6 +98,14 @@ class LPIPS(nn.Module):
             total = total + lin((fx - fy) ** 2).mean(dim=(1, 2, 3))
         return total
 
+    @torch.no_grad()
+    def frames_distance(self, a: np.ndarray, b: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Per-frame LPIPS (T,) between two uint8 videos (T, H, W, 3) of equal length."""
+        device = self.shift.device
+        return torch.cat([self(frames_to_tensor(a[s:s + batch_size]).to(device),
+                               frames_to_tensor(b[s:s + batch_size]).to(device)).cpu()
+                          for s in range(0, len(a), batch_size)]).numpy()
+
     @classmethod
     def from_files(cls, trunk: str, backbone_path: str | Path, linear_path: str | Path) -> "LPIPS":
         """Build the network and load the trunk (torchvision layout) and linear layers (`lpips` layout)."""
@@ -135,3 +145,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise EmodiffError(f"{path} does not hold a state dict of tensors.")
     return state
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (CPU for a module without any)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")

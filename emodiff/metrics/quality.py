@@ -10,6 +10,9 @@ import numpy as np
 import torch
 from scipy.ndimage import convolve1d
 
+from emodiff.data.datasets import frames_to_tensor
+from emodiff.metrics.lpips import module_device
+
 PEAK = 255.0
 
 
@@ -119,7 +122,6 @@ def identity_similarity(embedder: torch.nn.Module, identity_frame: np.ndarray, f
     """Mean cosine similarity between the face embedding of the identity frame and of each generated frame
     (CSIM). `embedder` maps float images in [-1, 1] (B, 3, H, W) to embeddings (B, D), e.g. an ArcFace
     network exported to TorchScript."""
-    batch = np.concatenate([identity_frame[None], frames])
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    emb = torch.nn.functional.normalize(embedder(x).flatten(1), dim=1)
+    batch = frames_to_tensor(np.concatenate([identity_frame[None], frames])).to(module_device(embedder))
+    emb = torch.nn.functional.normalize(embedder(batch).flatten(1).float(), dim=1).cpu()
     return float((emb[1:] @ emb[0]).mean())
