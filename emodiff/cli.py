@@ -15,6 +15,8 @@ from emodiff.errors import EmodiffError
 
 COMMANDS: dict[str, str] = {
     "evaluate": "emodiff.metrics.evaluate",
+    "prepare": "emodiff.data.prepare",
+    "inspect": "emodiff.data.contact_sheet",
 }
 TRAIN_STAGES: dict[str, str] = {
     "emotion-classifier": "emodiff.train.emotion_classifier",

@@ -64,7 +64,7 @@ def test_frame_dataset_pads_motion_with_identity_at_start(tmp_path):
     frames = FrameDataset(store, window=2)  # native resolution: motion frames are exactly i−2, i−1
     item = frames[2]
     clip = store.clip("clip000")
-    expect = torch.from_numpy(np.asarray(clip.frames[0:2])).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+    expect = torch.from_numpy(np.array(clip.frames[0:2])).float().div(127.5).sub(1).permute(0, 3, 1, 2)
     assert torch.allclose(item["motion"], expect.reshape(6, 16, 16))
     assert third["audio"].shape == (5, 8) and third["expression"].shape == (5, 6)
     assert first["emotion"].item() == 0 and ds[10]["emotion"].item() == 1

@@ -1,0 +1,65 @@
+"""Draw a contact sheet per clip of a store: face crops with their 68 landmarks over the intensity curve.
+
+`emodiff inspect STORE [--out DIR]` writes DIR/<clip_id>.png (DIR defaults to STORE/inspect) so a
+person can check a prepared store at a glance.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from emodiff.data.store import Clip, ClipStore  # noqa: E402
+from emodiff.errors import EmodiffError  # noqa: E402
+
+
+def contact_sheet(clip: Clip, path: Path, columns: int = 8) -> None:
+    """Save `columns` evenly spaced crops with landmarks, and the intensity curve marking them."""
+    n_frames = clip.n_frames
+    picks = np.unique(np.linspace(0, n_frames - 1, min(columns, n_frames)).round().astype(int))
+    figure = plt.figure(figsize=(1.6 * len(picks), 3.6))
+    grid = figure.add_gridspec(2, len(picks), height_ratios=(1, 0.8))
+    for column, index in enumerate(picks):
+        axis = figure.add_subplot(grid[0, column])
+        axis.imshow(clip.frames[index])
+        points = clip.landmarks[index]
+        axis.scatter(points[:, 0], points[:, 1], s=2, c="lime")
+        axis.set_title(f"frame {index}", fontsize=7)
+        axis.axis("off")
+    curve = figure.add_subplot(grid[1, :])
+    curve.plot(np.arange(n_frames) / clip.meta["fps"], clip.intensity, color="crimson")
+    for index in picks:
+        curve.axvline(index / clip.meta["fps"], color="grey", lw=0.5)
+    curve.set_ylim(0, 1)
+    curve.set_xlabel("seconds")
+    curve.set_ylabel("intensity")
+    label = ", ".join(str(v) for v in (clip.identity, clip.emotion, clip.level) if v is not None)
+    figure.suptitle(f"{clip.clip_id}  {label}  ({n_frames} frames, audio: {'yes' if clip.has_audio else 'no'})",
+                    fontsize=9)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("store", metavar="STORE", help="a clip store made by `emodiff prepare`")
+    parser.add_argument("--out", help="folder for the PNGs (default: STORE/inspect)")
+
+
+def run(args: argparse.Namespace) -> int:
+    store = ClipStore.open(args.store)
+    ids = store.clip_ids()
+    if not ids:
+        raise EmodiffError(f"{args.store} has no finished clips to inspect.")
+    out = Path(args.out) if args.out else store.root / "inspect"
+    out.mkdir(parents=True, exist_ok=True)
+    for clip_id in tqdm(ids, desc="inspect", unit="clip"):
+        contact_sheet(store.clip(clip_id), out / f"{clip_id}.png")
+    print(f"inspect: {len(ids)} contact sheets in {out}")
+    return 0
