@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from emodiff.cli import main
+from emodiff.data import media
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.store import ClipStore
 from emodiff.metrics import frechet
@@ -85,16 +86,9 @@ def test_emotion_classifier_stage_rejects_a_store_without_labels(tmp_path, capsy
 
 
 def _read_frames(path: Path, n: int, size: int) -> np.ndarray:
-    """First n frames resized to size² (PyAV directly: emodiff.data.media is another branch)."""
-    import av
-
-    frames = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            frames.append(cv2.resize(frame.to_ndarray(format="rgb24"), (size, size), interpolation=cv2.INTER_AREA))
-            if len(frames) == n:
-                break
-    return np.stack(frames)
+    """First n frames at 25 fps, resized to size²."""
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA)
+                     for f, _ in zip(media.read_video(path, 25), range(n))])
 
 
 DEGRADATIONS = {
@@ -194,40 +188,6 @@ def test_evaluate_cli_errors_are_one_sentence(tmp_path, capsys, argv, message):
 # ------------------------------------------------------------------------------------------ CLI end to end
 
 
-@pytest.fixture
-def media(monkeypatch):
-    """emodiff.data.media (branch `media`); until it is merged, a PyAV stand-in with the pinned API."""
-    try:
-        import emodiff.data.media as module
-        return module
-    except ImportError:
-        pass
-    import sys
-    import types
-
-    import av
-
-    from emodiff.errors import EmodiffError
-
-    def read_video(path, fps):
-        with av.open(str(path)) as container:
-            for frame in container.decode(video=0):
-                yield frame.to_ndarray(format="rgb24")
-
-    def load_audio(path):
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise EmodiffError(f"{path} has no audio.")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
-            chunks = [r.to_ndarray().reshape(-1) for f in container.decode(audio=0) for r in resampler.resample(f)]
-        return np.concatenate(chunks).astype(np.float32)
-
-    module = types.ModuleType("emodiff.data.media")
-    module.read_video, module.load_audio = read_video, load_audio
-    monkeypatch.setitem(sys.modules, "emodiff.data.media", module)
-    return module
-
-
 def _write_video(path: Path, frames: np.ndarray, fps: int = 25) -> None:
     import av
 
@@ -240,7 +200,7 @@ def _write_video(path: Path, frames: np.ndarray, fps: int = 25) -> None:
         container.mux(stream.encode())
 
 
-def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, media, tmp_path, capsys):
+def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, tmp_path, capsys):
     protocol_src = tmp_path / "mead" / "M003" / "video" / "front" / "sad" / "level_3"
     protocol_src.mkdir(parents=True)
     (protocol_src / "001.mp4").symlink_to(fixtures_dir / "mead_sad_crop.mp4")
@@ -250,24 +210,30 @@ def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, media, tmp_path, cap
     assert len(rows) == 1 + 1 + 3 and rows[1].startswith("M003_sad_3_001,inputs/M003_sad_3_001.png")
     assert json.loads((tmp_path / "protocol" / "reference" / "M003_sad_3_001_k0.50.json").read_text()) == {
         "emotion": "sad", "intensity": 0.5, "series": "M003_sad_3_001"}
-    frames = np.stack(list(media.read_video(tmp_path / "protocol" / "reference" / "M003_sad_3_001.mp4", 25)))[:20]
+    mead = _read_frames(tmp_path / "protocol" / "reference" / "M003_sad_3_001.mp4", 20, 256)
+    hdtf = _read_frames(fixtures_dir / "hdtf_katiehill_000.mp4", 20, 256)
     ref, run = tmp_path / "ref", tmp_path / "blurred"
     ref.mkdir(), run.mkdir()
-    _write_video(ref / "clip.mp4", frames)
-    _write_video(run / "clip.mp4", np.stack([cv2.GaussianBlur(f, (0, 0), 2.0) for f in frames]))
+    for name, frames in (("clip", mead), ("talk", hdtf)):
+        _write_video(ref / f"{name}.mp4", frames)
+        _write_video(run / f"{name}.mp4", np.stack([cv2.GaussianBlur(f, (0, 0), 2.0) for f in frames]))
     (ref / "clip.json").write_text(json.dumps({"emotion": "sad"}))
     out = tmp_path / "report"
     _alex_files(tmp_path)
     torch.jit.script(_TinyInception()).save(str(tmp_path / "inception.pt"))
-    assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--aligned", "--size", "64",
+    assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--size", "64",
                  "--lpips-backbone", str(tmp_path / "alexnet.pth"), "--lpips-linear", str(tmp_path / "alex.pth"),
                  "--inception", str(tmp_path / "inception.pt"), "--device", "cpu", "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["metrics"]["reference"]["psnr"] == "inf" and report["metrics"]["reference"]["lpips"] == 0
-    assert report["metrics"]["blurred"]["psnr"] < 40 and report["metrics"]["blurred"]["lpips"] > 0
-    assert report["metrics"]["blurred"]["fid"] > report["metrics"]["reference"]["fid"]
+    ref_row, blurred = report["metrics"]["reference"], report["metrics"]["blurred"]
+    with capsys.disabled():
+        print("\n" + (out / "metrics.md").read_text())
+    assert ref_row["psnr"] == "inf" and ref_row["lpips"] == 0 and ref_row["f_lmd"] == 0
+    assert blurred["psnr"] < 40 and blurred["lpips"] > 0 and blurred["fid"] > ref_row["fid"]
+    assert 0 < blurred["m_lmd"] < 3  # blur moves detected landmarks a little, in 64² crop pixels
     assert "emo_acc" in report["skipped"] and "fvd" in report["skipped"]
     assert "| blurred |" in (out / "metrics.md").read_text()
     (run / "clip.json").write_text(json.dumps({"emotion": "joy"}))
-    assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--aligned", "--out", str(out)]) == 1
+    assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--aligned", "--landmarks", "none",
+                 "--out", str(out)]) == 1
     assert "valid emotions are" in capsys.readouterr().err

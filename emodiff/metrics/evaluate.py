@@ -8,9 +8,10 @@ reference by `<name>`. Optional sidecars next to a video (a run's own sidecar wi
   `<name>.json`           {"emotion": "happy", "intensity": 0.5 or [per-frame k…], "series": "M003_happy_001"}
                           — videos of one series share identity and audio and differ in intensity (FLIE, LIE);
   `<name>.expression.npy` (T, D) expression vectors (DESIGN §4.2, `deca` or `landmarks` extractor);
-  `<name>.landmarks.npy`  (T, 68, 2) iBUG-68 landmarks in the evaluation crop's pixels.
-All videos are resampled to one fps and face-aligned with the crop code of `emodiff prepare`
-(`--aligned`: already aligned crops, only resized). Every metric whose weights and inputs are present is
+  `<name>.landmarks.npy`  (T, 68, 2) iBUG-68 landmarks in the evaluation crop's pixels (else detected).
+All videos are resampled to one fps and face-aligned with the crop code of `emodiff prepare` (per-frame
+iBUG-68 landmarks, nose-tip boxes smoothed in time; `--aligned`: already crops, only resized); the same
+detection gives the landmarks of M-LMD / F-LMD. Every metric whose weights and inputs are present is
 computed; the others are listed as skipped with the reason. Outputs: metrics.md, metrics.csv, metrics.json,
 and PNG plots.
 """
@@ -117,24 +118,41 @@ def make_video(frames: np.ndarray, fps: float, audio: np.ndarray | None, sidecar
                  expression=sidecar.get("expression"), landmarks=sidecar.get("landmarks"))
 
 
-def load_video(path: Path, fps: float, size: int, aligned: bool, fallback_dir: Path | None = None) -> Video:
-    """Read, resample to `fps`, align (or resize) to size×size, and attach audio and sidecars."""
+def load_video(path: Path, fps: float, size: int, aligned: bool, landmarks: str | None = "mediapipe",
+               fallback_dir: Path | None = None) -> Video:
+    """Read at `fps` and crop to size×size with prepare's rule (per-frame iBUG-68 landmarks, nose-tip
+    centred boxes smoothed in time); `aligned`: the video is a face crop already and is only resized.
+    Landmarks (crop pixels) come from the same detection; `landmarks=None` skips detection (aligned only).
+    A sidecar's arrays win over detected ones."""
+    from emodiff.data import align
     from emodiff.data.media import load_audio, read_video
+    from emodiff.data.prepare import PrepareSettings, crop_frames, detect_faces
 
+    points = None
+    if landmarks is not None:
+        points, _, _ = detect_faces(path, PrepareSettings(size=size, fps=fps, landmarks=landmarks))
     if aligned:
-        def crop(frame: np.ndarray) -> np.ndarray:
-            return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+        frames, source_hw = [], (size, size)
+        for frame in read_video(path, fps):
+            source_hw = frame.shape[:2]
+            frames.append(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA))
+        frames = np.stack(frames)
+        if points is not None:  # source pixels (x, y) → resized crop pixels
+            points = points * (size / np.array([source_hw[1], source_hw[0]], dtype=np.float64))
     else:
-        from emodiff.data.align import align_image
-
-        def crop(frame: np.ndarray) -> np.ndarray:
-            return align_image(frame, size)
-    frames = np.stack([crop(f) for f in read_video(path, fps)])
+        if points is None:
+            raise EmodiffError("Aligning videos needs a landmark backend; use --aligned for face crops.")
+        boxes = align.smooth_boxes(points)
+        frames = crop_frames(path, boxes, PrepareSettings(size=size, fps=fps))
+        points = np.stack([align.to_crop_coords(p, b, size) for p, b in zip(points, boxes)])
     try:
         audio = load_audio(path)
     except EmodiffError:
         audio = None  # a video without a sound track: sync and beat metrics skip it
-    return make_video(frames, fps, audio, read_sidecar(path, fallback_dir))
+    sidecar = read_sidecar(path, fallback_dir)
+    if points is not None:
+        sidecar.setdefault("landmarks", points.astype(np.float32))
+    return make_video(frames, fps, audio, sidecar)
 
 
 def video_paths(folder: Path) -> dict[str, Path]:
@@ -231,8 +249,9 @@ class RunEvaluator:
         with_lms = [_common_frames(r.landmarks, g.landmarks) for r, g in pairs
                     if r.landmarks is not None and g.landmarks is not None]
         if not with_lms:
-            self.skip("m_lmd", "no landmarks (<name>.landmarks.npy) for both the reference and the run")
-            self.skip("f_lmd", "no landmarks (<name>.landmarks.npy) for both the reference and the run")
+            reason = "no landmarks for both the reference and the run (--landmarks none, no <name>.landmarks.npy)"
+            self.skip("m_lmd", reason)
+            self.skip("f_lmd", reason)
             return
         values["m_lmd"] = float(np.mean([landmarks.m_lmd(a, b) for a, b in with_lms]))
         values["f_lmd"] = float(np.mean([landmarks.f_lmd(a, b) for a, b in with_lms]))
@@ -518,6 +537,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=25.0, help="Frame rate all videos are resampled to.")
     parser.add_argument("--size", type=int, default=128, help="Side of the aligned evaluation crops in pixels.")
     parser.add_argument("--aligned", action="store_true", help="Videos are aligned face crops already: resize only.")
+    parser.add_argument("--landmarks", choices=["mediapipe", "fan", "none"], default="mediapipe",
+                        help="Landmark backend for alignment and M/F-LMD (`none`: skip detection; needs --aligned).")
     parser.add_argument("--expression-kind", choices=["deca", "landmarks"], default="deca",
                         help="Extractor that made the <name>.expression.npy sidecars (recorded in the report).")
     parser.add_argument("--device", help="Device for the networks (default: cuda when available, else cpu).")
@@ -553,13 +574,15 @@ def run(args: argparse.Namespace) -> int:
         def load_all(paths: dict[str, Path], fallback: Path | None) -> dict[str, Video]:
             videos = {}
             for name, path in paths.items():
-                videos[name] = load_video(path, args.fps, args.size, args.aligned, fallback)
+                videos[name] = load_video(path, args.fps, args.size, args.aligned,
+                                          None if args.landmarks == "none" else args.landmarks, fallback)
                 bar.update(1)
             return videos
 
         reference = load_all(ref_paths, None)
         loaded = {name: load_all(paths, args.reference) for name, paths in run_paths.items()}
     settings = {"fps": args.fps, "crop": f"{args.size}×{args.size} ({'pre-aligned' if args.aligned else 'aligned'})",
+                "landmarks": args.landmarks,
                 "expression vectors": args.expression_kind, "reference": str(args.reference),
                 "videos": {name: len(v) for name, v in {REFERENCE_RUN: reference, **loaded}.items()}}
     report = evaluate_runs(reference, loaded, weights, settings)
