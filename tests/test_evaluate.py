@@ -178,6 +178,7 @@ def test_harness_intensity_metrics_prefer_the_linear_generator(tmp_path):
     (["evaluate", "--reference", "{tmp}/missing", "--run", "a={tmp}", "--out", "x"], "does not exist"),
     (["evaluate", "--reference", "{tmp}", "--run", "a={tmp}", "--out", "x"], "No videos"),
     (["evaluate", "protocol", "--out", "x"], "needs --source"),
+    (["evaluate", "--reference", "{tmp}", "--run", "a={tmp}", "--expression", "deca", "--out", "x"], "--deca-model"),
 ])
 def test_evaluate_cli_errors_are_one_sentence(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
@@ -209,7 +210,7 @@ def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, tmp_path, capsys):
     rows = (tmp_path / "protocol" / "protocol.csv").read_text().splitlines()
     assert len(rows) == 1 + 1 + 3 and rows[1].startswith("M003_sad_3_001,inputs/M003_sad_3_001.png")
     assert json.loads((tmp_path / "protocol" / "reference" / "M003_sad_3_001_k0.50.json").read_text()) == {
-        "emotion": "sad", "intensity": 0.5, "series": "M003_sad_3_001"}
+        "emotion": "sad", "identity": "M003", "intensity": 0.5, "series": "M003_sad_3_001"}
     mead = _read_frames(tmp_path / "protocol" / "reference" / "M003_sad_3_001.mp4", 20, 256)
     hdtf = _read_frames(fixtures_dir / "hdtf_katiehill_000.mp4", 20, 256)
     ref, run = tmp_path / "ref", tmp_path / "blurred"
@@ -221,7 +222,7 @@ def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, tmp_path, capsys):
     out = tmp_path / "report"
     _alex_files(tmp_path)
     torch.jit.script(_TinyInception()).save(str(tmp_path / "inception.pt"))
-    assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--size", "64",
+    assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--run", f"copy={ref}", "--size", "64",
                  "--lpips-backbone", str(tmp_path / "alexnet.pth"), "--lpips-linear", str(tmp_path / "alex.pth"),
                  "--inception", str(tmp_path / "inception.pt"), "--device", "cpu", "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
@@ -232,6 +233,9 @@ def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, tmp_path, capsys):
     assert blurred["psnr"] < 40 and blurred["lpips"] > 0 and blurred["fid"] > ref_row["fid"]
     assert 0 < blurred["m_lmd"] < 3  # blur moves detected landmarks a little, in 64² crop pixels
     assert "emo_acc" in report["skipped"] and "fvd" in report["skipped"]
+    # landmark expression vectors (prepare's extractor, basis fitted on the reference) for every run; an
+    # identical copy of the reference gets exactly the reference's numbers
+    assert report["metrics"]["copy"] == ref_row and ref_row["diversity"] > 0 and blurred["diversity"] > 0
     assert "| blurred |" in (out / "metrics.md").read_text()
     (run / "clip.json").write_text(json.dumps({"emotion": "joy"}))
     assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--aligned", "--landmarks", "none",

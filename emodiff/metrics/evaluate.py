@@ -26,6 +26,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+
 import cv2
 import numpy as np
 import torch
@@ -66,6 +67,13 @@ class Video:
     series: str | None = None
     expression: np.ndarray | None = None
     landmarks: np.ndarray | None = None
+    mesh: np.ndarray | None = None  # dense face mesh of the detection (source pixels), for `landmarks` vectors
+    identity: str | None = None
+
+    @property
+    def identity_key(self) -> str | None:
+        """Whose neutral face the expression vectors are measured from: identity, else series."""
+        return self.identity or self.series
 
 
 @dataclass
@@ -114,8 +122,8 @@ def make_video(frames: np.ndarray, fps: float, audio: np.ndarray | None, sidecar
             raise EmodiffError(f"Intensity values must lie in [0, 1]; got {k.min():.3g}..{k.max():.3g}.")
         intensity = k[: len(frames)]
     return Video(frames=frames, fps=fps, audio=audio, emotion=emotion, intensity=intensity,
-                 constant_intensity=constant, series=sidecar.get("series"),
-                 expression=sidecar.get("expression"), landmarks=sidecar.get("landmarks"))
+                 constant_intensity=constant, series=sidecar.get("series"), identity=sidecar.get("identity"),
+                 expression=sidecar.get("expression"), landmarks=sidecar.get("landmarks"), mesh=sidecar.get("mesh"))
 
 
 def load_video(path: Path, fps: float, size: int, aligned: bool, landmarks: str | None = "mediapipe",
@@ -128,9 +136,9 @@ def load_video(path: Path, fps: float, size: int, aligned: bool, landmarks: str 
     from emodiff.data.media import load_audio, read_video
     from emodiff.data.prepare import PrepareSettings, crop_frames, detect_faces
 
-    points = None
+    points = mesh = None
     if landmarks is not None:
-        points, _, _ = detect_faces(path, PrepareSettings(size=size, fps=fps, landmarks=landmarks))
+        points, mesh, _ = detect_faces(path, PrepareSettings(size=size, fps=fps, landmarks=landmarks))
     if aligned:
         frames, source_hw = [], (size, size)
         for frame in read_video(path, fps):
@@ -152,6 +160,7 @@ def load_video(path: Path, fps: float, size: int, aligned: bool, landmarks: str 
     sidecar = read_sidecar(path, fallback_dir)
     if points is not None:
         sidecar.setdefault("landmarks", points.astype(np.float32))
+        sidecar["mesh"] = mesh
     return make_video(frames, fps, audio, sidecar)
 
 
@@ -163,6 +172,64 @@ def video_paths(folder: Path) -> dict[str, Path]:
     if not paths:
         raise EmodiffError(f"No videos ({', '.join(VIDEO_SUFFIXES)}) in {folder}.")
     return paths
+
+
+# ---------------------------------------------------------------------------------------------- expression vectors
+
+def landmark_expressions(reference: dict[str, Video], runs: dict[str, dict[str, Video]]) -> list[str]:
+    """Fill missing expression vectors with prepare's `landmarks` extractor, its basis, canonical shape and
+    per-identity neutral meshes fitted on the reference videos only, so every run is measured in one space.
+    A video is matched to a reference identity by `identity_key` (identity, else series, else its name).
+    Returns the names of the videos left without vectors."""
+    import tempfile
+
+    from emodiff.data.expression import LandmarkExpression, normalise_mesh
+    from emodiff.data.store import ClipStore, save_npy_atomic
+
+    extractor = LandmarkExpression()
+    missing = []
+    with tempfile.TemporaryDirectory(prefix="emodiff-eval-") as tmp:
+        store = ClipStore.create(tmp)
+        clips: dict[tuple[str, str], str] = {}
+        for run, videos in ((REFERENCE_RUN, reference), *runs.items()):
+            for name, video in videos.items():
+                if video.expression is not None:
+                    continue
+                if video.mesh is None:
+                    missing.append(f"{run}/{name}")
+                    continue
+                clip_id = f"{len(clips):06d}"
+                clip = store.write_clip(clip_id, {"landmarks": video.landmarks},
+                                        {"identity": video.identity_key or name, "emotion": video.emotion})
+                save_npy_atomic(clip.path / "mesh.npy", normalise_mesh(video.mesh.astype(np.float64)).astype(np.float16))
+                clips[(run, name)] = clip_id
+        fit_ids = [cid for (run, _), cid in clips.items() if run == REFERENCE_RUN]
+        if not fit_ids:
+            return missing + [f"{run}/{name}" for run, name in clips]
+        extractor.fit(store, fit_ids)
+        for (run, name), clip_id in clips.items():
+            video = (reference if run == REFERENCE_RUN else runs[run])[name]
+            if store.clip(clip_id).identity in extractor.state["neutral"]:
+                video.expression = extractor.transform(store.clip(clip_id))
+            else:
+                missing.append(f"{run}/{name}")
+    return missing
+
+
+def deca_expressions(reference: dict[str, Video], runs: dict[str, dict[str, Video]], deca_model: str,
+                     flame_model: str, device: str) -> list[str]:
+    """Fill missing expression vectors with FLAME ψ (50) from our DECA encoder (the paper's FLIE setting)."""
+    from third_party.deca.extractor import DecaExpressionExtractor
+
+    extractor = DecaExpressionExtractor(deca_model, flame_model, device=device)
+    missing = []
+    for run, videos in ((REFERENCE_RUN, reference), *runs.items()):
+        for name, video in videos.items():
+            if video.expression is None and video.landmarks is not None:
+                video.expression = extractor.extract(video.frames, video.landmarks)["expression"]
+            elif video.expression is None:
+                missing.append(f"{run}/{name}")
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -539,8 +606,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aligned", action="store_true", help="Videos are aligned face crops already: resize only.")
     parser.add_argument("--landmarks", choices=["mediapipe", "fan", "none"], default="mediapipe",
                         help="Landmark backend for alignment and M/F-LMD (`none`: skip detection; needs --aligned).")
-    parser.add_argument("--expression-kind", choices=["deca", "landmarks"], default="deca",
-                        help="Extractor that made the <name>.expression.npy sidecars (recorded in the report).")
+    parser.add_argument("--expression", choices=["landmarks", "deca", "none"], default="landmarks",
+                        help="Expression vectors for FLIE, Intensity-L2, Beat Align, Diversity (DESIGN §4.2); "
+                             "<name>.expression.npy sidecars win. `deca` needs --deca-model and --flame-model.")
+    parser.add_argument("--deca-model", help="DECA's deca_model.tar (for --expression deca).")
+    parser.add_argument("--flame-model", help="FLAME's generic_model.pkl (for --expression deca).")
     parser.add_argument("--device", help="Device for the networks (default: cuda when available, else cpu).")
     parser.add_argument("--lpips-trunk", choices=["alex", "vgg"], default="alex")
     parser.add_argument("--lpips-backbone", help="torchvision alexnet/vgg16 state_dict file (.pth/.safetensors).")
@@ -565,6 +635,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.reference is None or not args.runs:
         raise EmodiffError("evaluate needs --reference DIR and at least one --run NAME=DIR.")
+    if args.expression == "deca" and not (args.deca_model and args.flame_model):
+        raise EmodiffError("--expression deca needs --deca-model and --flame-model.")
     runs = parse_runs(args.runs)
     weights = load_weights(args)
     ref_paths = video_paths(args.reference)
@@ -581,9 +653,18 @@ def run(args: argparse.Namespace) -> int:
 
         reference = load_all(ref_paths, None)
         loaded = {name: load_all(paths, args.reference) for name, paths in run_paths.items()}
+    if args.expression == "deca":
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        missing = deca_expressions(reference, loaded, args.deca_model, args.flame_model, device)
+    elif args.expression == "landmarks":
+        missing = landmark_expressions(reference, loaded)
+    else:
+        missing = []
     settings = {"fps": args.fps, "crop": f"{args.size}×{args.size} ({'pre-aligned' if args.aligned else 'aligned'})",
                 "landmarks": args.landmarks,
-                "expression vectors": args.expression_kind, "reference": str(args.reference),
+                "expression vectors": args.expression + (f" (none for {len(missing)} videos: {', '.join(missing[:5])})"
+                                                         if missing else ""),
+                "reference": str(args.reference),
                 "videos": {name: len(v) for name, v in {REFERENCE_RUN: reference, **loaded}.items()}}
     report = evaluate_runs(reference, loaded, weights, settings)
     files = write_report(report, args.out)

@@ -5,9 +5,10 @@ identities (default: M003, M030, W009, W015, the MEAD test split of EAMM and EAT
 becomes an item `<identity>_<emotion>_<level>_<clip>`:
   inputs/<item>.png       the first frame (the one-shot identity image; pipelines crop it their own way),
   inputs/<item>.wav       its speech, 16 kHz mono,
-  reference/<item>.mp4    the ground-truth video, with reference/<item>.json {"emotion", "series": item};
+  reference/<item>.mp4    the ground-truth video, with reference/<item>.json {"emotion", "identity", "series": item};
 and for every emotional item an intensity sweep `<item>_k<k>` (same image and audio, `--sweep` levels) whose
-reference/<item>_k<k>.json carries {"emotion", "intensity": k, "series": item} (no ground-truth video).
+reference/<item>_k<k>.json carries {"emotion", "identity", "intensity": k, "series": item} (no ground-truth
+video; expression vectors are measured from the identity's neutral face fitted on the reference videos).
 protocol.csv lists every item with its inputs. A pipeline writes `<item>.mp4` per row into its run folder;
 then `emodiff evaluate --reference OUT/reference --run NAME=RUN_DIR …`.
 """
@@ -60,7 +61,7 @@ def write_protocol(source: Path | None, out: Path, identities: list[str], level:
     for path in sorted(Path(source).rglob("*.mp4")):
         label = parse_label(path)
         if label.identity in wanted and label.level == level:
-            videos.append((f"{label.identity}_{label.emotion}_{level}_{path.stem}", label.emotion, path))
+            videos.append((f"{label.identity}_{label.emotion}_{level}_{path.stem}", label.identity, label.emotion, path))
     if not videos:
         raise EmodiffError(f"No level-{level} MEAD videos of {', '.join(sorted(wanted))} under {source}.")
     from emodiff.data.media import load_audio, read_video
@@ -68,7 +69,7 @@ def write_protocol(source: Path | None, out: Path, identities: list[str], level:
     for sub in ("inputs", "reference"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows = []
-    for item, emotion, path in videos:
+    for item, identity, emotion, path in videos:
         image, audio = out / "inputs" / f"{item}.png", out / "inputs" / f"{item}.wav"
         first = next(iter(read_video(path, fps)), None)
         if first is None:
@@ -80,12 +81,13 @@ def write_protocol(source: Path | None, out: Path, identities: list[str], level:
         write_wav(tmp, load_audio(path))
         tmp.replace(audio)
         _copy_atomic(path, out / "reference" / f"{item}.mp4")
-        write_json_atomic(out / "reference" / f"{item}.json", {"emotion": emotion, "series": item})
+        write_json_atomic(out / "reference" / f"{item}.json", {"emotion": emotion, "identity": identity, "series": item})
         rows.append([item, image.relative_to(out), audio.relative_to(out), emotion, "", item, f"reference/{item}.mp4"])
         if emotion != "neutral":
             for k in ks:
                 name = f"{item}_k{k:.2f}"
-                write_json_atomic(out / "reference" / f"{name}.json", {"emotion": emotion, "intensity": k, "series": item})
+                write_json_atomic(out / "reference" / f"{name}.json",
+                                  {"emotion": emotion, "identity": identity, "intensity": k, "series": item})
                 rows.append([name, image.relative_to(out), audio.relative_to(out), emotion, k, item, ""])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
