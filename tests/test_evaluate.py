@@ -237,7 +237,13 @@ def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, tmp_path, capsys):
     # identical copy of the reference gets exactly the reference's numbers
     assert report["metrics"]["copy"] == ref_row and ref_row["diversity"] > 0 and blurred["diversity"] > 0
     assert "| blurred |" in (out / "metrics.md").read_text()
+    np.save(run / "clip.expression.npy", np.zeros((7, 50), np.float32))
+    assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--aligned", "--landmarks", "none",
+                 "--out", str(out)]) == 1
+    assert "has 7 rows but its video has 20 frames" in capsys.readouterr().err
+    (run / "clip.expression.npy").unlink()
     (run / "clip.json").write_text(json.dumps({"emotion": "joy"}))
     assert main(["evaluate", "--reference", str(ref), "--run", f"blurred={run}", "--aligned", "--landmarks", "none",
                  "--out", str(out)]) == 1
     assert "valid emotions are" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text()) == report  # a failed run leaves the last report intact

@@ -108,7 +108,10 @@ def read_sidecar(video_path: Path, fallback_dir: Path | None) -> dict:
 
 
 def make_video(frames: np.ndarray, fps: float, audio: np.ndarray | None, sidecar: dict) -> Video:
-    """A Video with its sidecar labels checked (emotion name, intensity in [0, 1])."""
+    """A Video with its sidecar checked (emotion name, intensity in [0, 1], one array row per frame)."""
+    for key in ("expression", "landmarks"):
+        if key in sidecar and len(sidecar[key]) != len(frames):
+            raise EmodiffError(f"The {key} sidecar has {len(sidecar[key])} rows but its video has {len(frames)} frames.")
     emotion = sidecar.get("emotion")
     if emotion is not None:
         emotion = EMOTIONS[emotion_index(emotion)]
