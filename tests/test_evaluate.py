@@ -247,3 +247,21 @@ def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, tmp_path, capsys):
                  "--out", str(out)]) == 1
     assert "valid emotions are" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text()) == report  # a failed run leaves the last report intact
+
+
+def test_evaluate_with_deca_expression_vectors(fixtures_dir, tmp_path):
+    from tests.deca_assets import tiny_encoder, write_flame_files
+
+    write_flame_files(tmp_path, np.random.default_rng(0))
+    torch.save({"E_flame": tiny_encoder().state_dict()}, tmp_path / "deca_model.tar")
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    _write_video(ref / "a.mp4", _read_frames(fixtures_dir / "mead_happy_crop.mp4", 12, 128))
+    out = tmp_path / "report"
+    assert main(["evaluate", "--reference", str(ref), "--run", f"copy={ref}", "--aligned", "--size", "64",
+                 "--expression", "deca", "--deca-model", str(tmp_path / "deca_model.tar"),
+                 "--flame-model", str(tmp_path / "generic_model.pkl"), "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    # FLAME ψ (tiny random DECA encoder, real file formats) reach the expression metrics of every run
+    assert report["metrics"]["copy"]["diversity"] == report["metrics"]["reference"]["diversity"] > 0
+    assert report["settings"]["expression vectors"] == "deca"

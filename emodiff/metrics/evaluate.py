@@ -222,9 +222,9 @@ def landmark_expressions(reference: dict[str, Video], runs: dict[str, dict[str, 
 def deca_expressions(reference: dict[str, Video], runs: dict[str, dict[str, Video]], deca_model: str,
                      flame_model: str, device: str) -> list[str]:
     """Fill missing expression vectors with FLAME ψ (50) from our DECA encoder (the paper's FLIE setting)."""
-    from third_party.deca.extractor import DecaExpressionExtractor
+    from emodiff.data.expression import make_expression_extractor
 
-    extractor = DecaExpressionExtractor(deca_model, flame_model, device=device)
+    extractor = make_expression_extractor("deca", deca_model=deca_model, flame_model=flame_model, device=device)
     missing = []
     for run, videos in ((REFERENCE_RUN, reference), *runs.items()):
         for name, video in videos.items():
