@@ -109,7 +109,8 @@ def test_harness_on_fixture_clips_ranks_degraded_copies(fixtures_dir, tmp_path):
     torch.jit.script(_TinyI3D()).save(str(tmp_path / "i3d.pt"))
     weights = Weights(lpips=LPIPS.from_files("alex", tmp_path / "alexnet.pth", tmp_path / "alex.pth"),
                       inception=frechet.load_feature_network(tmp_path / "inception.pt"),
-                      i3d=frechet.load_feature_network(tmp_path / "i3d.pt"))
+                      i3d=frechet.load_feature_network(tmp_path / "i3d.pt"),
+                      emotion_classifier=EmotionClassifier(resolution=32, channels=(8, 16)))  # untrained: plumbing
     reference = {name: Video(frames=_read_frames(fixtures_dir / f"mead_{name}_crop.mp4", 32, 128), fps=25.0, emotion=name)
                  for name in ("happy", "sad", "surprised")}
     runs = {run: {n: Video(frames=degrade(v.frames), fps=25.0, emotion=v.emotion) for n, v in reference.items()}
@@ -126,9 +127,9 @@ def test_harness_on_fixture_clips_ranks_degraded_copies(fixtures_dir, tmp_path):
     assert m["reference"]["cpbd"] > m["blur_mild"]["cpbd"] > m["blur_strong"]["cpbd"]
     assert m["shift_2px"]["cpbd"] == pytest.approx(m["reference"]["cpbd"], abs=0.05)
     assert m["frame_drop"]["fvd"] > 0 and math.isfinite(m["frame_drop"]["psnr"])
-    assert {"lse_c", "emo_acc", "flie", "m_lmd"} <= set(report["skipped"])
+    assert {"lse_c", "flie", "m_lmd"} <= set(report["skipped"]) and 0 <= m["blur_mild"]["emo_acc"] <= 1
     files = write_report(report, tmp_path / "report")
-    assert {f.name for f in files} >= {"metrics.md", "metrics.csv", "metrics.json", "metrics.png"}
+    assert {f.name for f in files} >= {"metrics.md", "metrics.csv", "metrics.json", "metrics.png", "emotion_accuracy.png"}
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["metrics"]["blur_mild"]["psnr"] == m["blur_mild"]["psnr"]
 
 
