@@ -8,6 +8,7 @@ import math
 import cv2
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from emodiff.errors import EmodiffError
@@ -246,8 +247,8 @@ def test_frechet_distance_closed_forms():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
     s1, s2 = a @ a.T + np.eye(3), b @ b.T + np.eye(3)
-    root = np.real(__import__("scipy.linalg").linalg.sqrtm(s1))
-    cross = np.real(__import__("scipy.linalg").linalg.sqrtm(root @ s2 @ root))
+    root = np.real(scipy.linalg.sqrtm(s1))
+    cross = np.real(scipy.linalg.sqrtm(root @ s2 @ root))
     assert frechet.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
         5.0 + np.trace(s1) + np.trace(s2) - 2 * np.trace(cross))
     # samples: same Gaussian ≈ 0, shifted Gaussian ≈ ‖Δμ‖²
