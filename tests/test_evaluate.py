@@ -57,7 +57,7 @@ def test_emotion_classifier_stage_learns_the_emotions(tmp_path):
     config.write_text(
         "store: unused\noutput_dir: unused\nmodel: {resolution: 24, channels: [8, 16], dropout: 0.0}\n"
         "train: {steps: 60, batch_size: 32, learning_rate: 3.0e-3, weight_decay: 0.0, frame_stride: 2,"
-        " val_fraction: 0.25, log_every: 20, seed: 0}\n")
+        " val_fraction: 0.25, log_every: 20, checkpoint_every: 30, keep_checkpoints: 1, seed: 0}\n")
     out = tmp_path / "classifier"
     assert main(["train", "emotion-classifier", "--config", str(config), "--store", str(tmp_path / "train"),
                  "--output-dir", str(out)]) == 0
@@ -68,6 +68,25 @@ def test_emotion_classifier_stage_learns_the_emotions(tmp_path):
     print(f"EmoAcc on held-out clips after 60 steps: {result['emo_acc']:.3f} (chance 0.25)")
     assert result["emo_acc"] >= 0.9
     assert set(json.loads((out / "validation.json").read_text())) == {"emo_acc", "emo_acc_vote", "per_class"}
+
+
+def test_emotion_classifier_training_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    _emotion_store(tmp_path / "store", seed=0, clips_per_emotion=2)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"store: {tmp_path / 'store'}\noutput_dir: unused\nmodel: {{resolution: 16, channels: [8], dropout: 0.3}}\n"
+        "train: {steps: 12, batch_size: 16, learning_rate: 1.0e-2, weight_decay: 0.0, frame_stride: 2,"
+        " val_fraction: 0.0, log_every: 5, checkpoint_every: 5, keep_checkpoints: 2, seed: 0}\n")
+    args = ["train", "emotion-classifier", "--config", str(config), "--output-dir"]
+    assert main([*args, str(tmp_path / "straight")]) == 0
+    assert main([*args, str(tmp_path / "resumed"), "--steps", "5"]) == 0  # stops mid-epoch (2 batches/epoch)
+    assert main([*args, str(tmp_path / "resumed")]) == 0  # picks up at step 5
+    assert sorted(p.name for p in (tmp_path / "resumed-checkpoints").iterdir()) == ["step-00000010", "step-00000012"]
+    straight = load_file(tmp_path / "straight" / "diffusion_pytorch_model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
 def test_emotion_classifier_stage_rejects_a_store_without_labels(tmp_path, capsys):
