@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "emodiff.data.contact_sheet",
 }
 TRAIN_STAGES: dict[str, str] = {
+    "denoiser": "emodiff.train.denoiser",
 }
 
 
