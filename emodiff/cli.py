@@ -16,9 +16,12 @@ from emodiff.errors import EmodiffError
 COMMANDS: dict[str, str] = {
     "prepare": "emodiff.data.prepare",
     "inspect": "emodiff.data.contact_sheet",
+    "schedule": "emodiff.control.preview",
 }
 TRAIN_STAGES: dict[str, str] = {
     "denoiser": "emodiff.train.denoiser",
+    "expression": "emodiff.train.expression_gan",
+    "intensity": "emodiff.train.intensity",
 }
 
 

@@ -72,8 +72,88 @@ class InterpolationExpressionEncoder(WindowEncoder):
         return super().forward(expression)
 
 
+class EmotionIntensityEncoder(nn.Module):
+    """Base of the intensity-control variants of papers/framewise_emotion_intensity.txt Table 3: the
+    condition is an emotion label (B,) and an intensity (B,) in [0, 1] instead of expression vectors.
+
+    Emotions are learned vectors (the paper's CLIP text embeddings are not available offline); the
+    label −1 (unlabelled clips) has its own learned vector. The expression window is ignored.
+    """
+
+    def __init__(self, num_emotions: int, emotion_dim: int):
+        super().__init__()
+        self.num_emotions = num_emotions
+        self.emotion = nn.Embedding(num_emotions + 1, emotion_dim)
+
+    def emotion_vectors(self, emotion: torch.Tensor | None, intensity: torch.Tensor | None) -> torch.Tensor:
+        if emotion is None or intensity is None:
+            raise EmodiffError(
+                f"the '{self.name}' expression encoder needs an emotion label and an intensity per sample.")
+        return self.emotion(torch.where(emotion < 0, self.num_emotions, emotion))
+
+
+class RenormExpressionEncoder(EmotionIntensityEncoder):
+    """Re-normalisation (framewise paper §3.2.1): an adaptation network M maps the emotion to a latent
+    whose direction is the emotion and whose norm is the intensity, t(k) = k·max_norm; neutral is
+    not re-scaled but pulled to the origin by L_norm = ‖M(f_neutral)‖ (eq. 2; see `norm_loss`).
+    max_norm = √dim gives a per-coordinate RMS of 1 at full intensity.
+    """
+
+    name = "renorm"
+
+    def __init__(self, expression_dim: int, window: int, dim: int, num_emotions: int, neutral: int = 0):
+        super().__init__(num_emotions, dim)
+        self.neutral = neutral
+        self.max_norm = math.sqrt(dim)
+        self.adapt = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+    def forward(self, expression: torch.Tensor, emotion: torch.Tensor | None = None,
+                intensity: torch.Tensor | None = None) -> torch.Tensor:
+        latent = self.adapt(self.emotion_vectors(emotion, intensity))
+        rescaled = nn.functional.normalize(latent, dim=-1) * (intensity.to(latent.dtype) * self.max_norm)[:, None]
+        return torch.where((emotion == self.neutral)[:, None], latent, rescaled)
+
+    def norm_loss(self, emotion: torch.Tensor) -> torch.Tensor:
+        """L_norm: the batch mean of ‖M(f_y)‖ over the samples whose label y is neutral (0 for the others).
+        Add λ_norm·L_norm (the paper uses λ_norm = 0.1) to the denoiser loss when this encoder is selected."""
+        neutral = (emotion == self.neutral).to(self.emotion.weight.dtype)
+        latent = self.adapt(self.emotion.weight[self.neutral])
+        return latent.norm() * neutral.mean()
+
+
+class ConcatExpressionEncoder(EmotionIntensityEncoder):
+    """Concatenation (framewise paper Table 3, SPACE): emotion embedding (dim − 1) ⊕ intensity scalar."""
+
+    name = "concat"
+
+    def __init__(self, expression_dim: int, window: int, dim: int, num_emotions: int):
+        super().__init__(num_emotions, dim - 1)
+
+    def forward(self, expression: torch.Tensor, emotion: torch.Tensor | None = None,
+                intensity: torch.Tensor | None = None) -> torch.Tensor:
+        vectors = self.emotion_vectors(emotion, intensity)
+        return torch.cat([vectors, intensity.to(vectors.dtype)[:, None]], dim=-1)
+
+
+class ScalingExpressionEncoder(EmotionIntensityEncoder):
+    """Scaling (framewise paper Table 3, MM-ESL): emotion embedding × intensity scalar."""
+
+    name = "scaling"
+
+    def __init__(self, expression_dim: int, window: int, dim: int, num_emotions: int):
+        super().__init__(num_emotions, dim)
+
+    def forward(self, expression: torch.Tensor, emotion: torch.Tensor | None = None,
+                intensity: torch.Tensor | None = None) -> torch.Tensor:
+        vectors = self.emotion_vectors(emotion, intensity)
+        return vectors * intensity.to(vectors.dtype)[:, None]
+
+
 EXPRESSION_ENCODERS: dict[str, type[nn.Module]] = {
     "interpolation": InterpolationExpressionEncoder,
+    "renorm": RenormExpressionEncoder,
+    "concat": ConcatExpressionEncoder,
+    "scaling": ScalingExpressionEncoder,
 }
 
 
