@@ -17,8 +17,12 @@ COMMANDS: dict[str, str] = {
     "evaluate": "emodiff.metrics.evaluate",
     "prepare": "emodiff.data.prepare",
     "inspect": "emodiff.data.contact_sheet",
+    "schedule": "emodiff.control.preview",
 }
 TRAIN_STAGES: dict[str, str] = {
+    "denoiser": "emodiff.train.denoiser",
+    "expression": "emodiff.train.expression_gan",
+    "intensity": "emodiff.train.intensity",
     "emotion-classifier": "emodiff.train.emotion_classifier",
 }
 

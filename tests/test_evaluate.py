@@ -49,19 +49,17 @@ def _emotion_store(root: Path, seed: int, clips_per_emotion: int, emotions=(0, 1
     return store
 
 
+TINY_CLASSIFIER = ["model.resolution=24", "model.channels=[8,16]", "model.dropout=0.0", "train.batch_size=32",
+                   "train.learning_rate=3e-3", "train.weight_decay=0.0"]
+
+
 def test_emotion_classifier_stage_learns_the_emotions(tmp_path):
-    torch.manual_seed(0)
     _emotion_store(tmp_path / "train", seed=0, clips_per_emotion=4)
     test_store = _emotion_store(tmp_path / "test", seed=1, clips_per_emotion=3)
-    config = tmp_path / "cfg.yaml"
-    config.write_text(
-        "store: unused\noutput_dir: unused\nmodel: {resolution: 24, channels: [8, 16], dropout: 0.0}\n"
-        "train: {steps: 60, batch_size: 32, learning_rate: 3.0e-3, weight_decay: 0.0, frame_stride: 2,"
-        " val_fraction: 0.25, log_every: 20, checkpoint_every: 30, keep_checkpoints: 1, seed: 0}\n")
-    out = tmp_path / "classifier"
-    assert main(["train", "emotion-classifier", "--config", str(config), "--store", str(tmp_path / "train"),
-                 "--output-dir", str(out)]) == 0
-    model = EmotionClassifier.from_pretrained(out)
+    out = tmp_path / "run"
+    assert main(["train", "emotion-classifier", "--store", str(tmp_path / "train"), "--output-dir", str(out),
+                 "--max-steps", "60", "--set", *TINY_CLASSIFIER, "data.val_fraction=0.25"]) == 0
+    model = EmotionClassifier.from_pretrained(out / "model")
     ids = test_store.clip_ids()
     logits = [frame_logits(model, test_store.clip(i).frames) for i in ids]
     result = emotion_accuracy(logits, [EMOTIONS.index(test_store.clip(i).emotion) for i in ids])
@@ -73,19 +71,15 @@ def test_emotion_classifier_stage_learns_the_emotions(tmp_path):
 def test_emotion_classifier_training_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
-    _emotion_store(tmp_path / "store", seed=0, clips_per_emotion=2)
-    config = tmp_path / "cfg.yaml"
-    config.write_text(
-        f"store: {tmp_path / 'store'}\noutput_dir: unused\nmodel: {{resolution: 16, channels: [8], dropout: 0.3}}\n"
-        "train: {steps: 12, batch_size: 16, learning_rate: 1.0e-2, weight_decay: 0.0, frame_stride: 2,"
-        " val_fraction: 0.0, log_every: 5, checkpoint_every: 5, keep_checkpoints: 2, seed: 0}\n")
-    args = ["train", "emotion-classifier", "--config", str(config), "--output-dir"]
-    assert main([*args, str(tmp_path / "straight")]) == 0
-    assert main([*args, str(tmp_path / "resumed"), "--steps", "5"]) == 0  # stops mid-epoch (2 batches/epoch)
-    assert main([*args, str(tmp_path / "resumed")]) == 0  # picks up at step 5
-    assert sorted(p.name for p in (tmp_path / "resumed-checkpoints").iterdir()) == ["step-00000010", "step-00000012"]
-    straight = load_file(tmp_path / "straight" / "diffusion_pytorch_model.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "diffusion_pytorch_model.safetensors")
+    _emotion_store(tmp_path / "store", seed=0, clips_per_emotion=2)  # 40 frames + mirrors: 2 batches/epoch
+    args = ["train", "emotion-classifier", "--store", str(tmp_path / "store"), "--set", *TINY_CLASSIFIER,
+            "model.dropout=0.3", "train.checkpoint_every=5", "train.keep_checkpoints=2", "--output-dir"]
+    assert main([*args, str(tmp_path / "straight"), "--max-steps", "12"]) == 0
+    assert main([*args, str(tmp_path / "resumed"), "--max-steps", "5"]) == 0  # stops mid-epoch
+    assert main([*args, str(tmp_path / "resumed"), "--max-steps", "12"]) == 0  # picks up at step 5
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["checkpoint-10", "checkpoint-12"]
+    straight = load_file(tmp_path / "straight" / "model" / "diffusion_pytorch_model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
@@ -94,9 +88,7 @@ def test_emotion_classifier_stage_rejects_a_store_without_labels(tmp_path, capsy
     store.write_clip("a", {"frames": np.zeros((2, 8, 8, 3), np.uint8), "landmarks": np.zeros((2, 68, 2)),
                            "expression": np.zeros((2, 2)), "intensity": np.zeros(2)}, {"fps": 25})
     store.append_manifest({"id": "a", "status": "ok"})
-    config = Path(__file__).resolve().parents[1] / "configs" / "emotion_classifier.yaml"
-    assert main(["train", "emotion-classifier", "--config", str(config), "--store", str(tmp_path / "s"),
-                 "--output-dir", str(tmp_path / "o")]) == 1
+    assert main(["train", "emotion-classifier", "--store", str(tmp_path / "s"), "--output-dir", str(tmp_path / "o")]) == 1
     assert "no clips with an emotion label" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 

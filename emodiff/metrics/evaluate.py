@@ -621,7 +621,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inception", help="TorchScript FID Inception file (e.g. inception-2015-12-05.pt).")
     parser.add_argument("--i3d", help="TorchScript FVD I3D file (e.g. i3d_torchscript.pt).")
     parser.add_argument("--syncnet", help="Official syncnet_v2.model file, or a folder of a saved emodiff SyncNet.")
-    parser.add_argument("--emotion-classifier", help="Folder from `emodiff train emotion-classifier`.")
+    parser.add_argument("--emotion-classifier", help="The model folder of `emodiff train emotion-classifier` (OUTPUT_DIR/model).")
     parser.add_argument("--face-embedder", help="TorchScript face-embedding network (images in [-1, 1]) for CSIM.")
     from emodiff.metrics.protocol import add_protocol_arguments
 
