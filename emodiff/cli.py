@@ -15,15 +15,17 @@ from emodiff.errors import EmodiffError
 
 COMMANDS: dict[str, str] = {
     "doctor": "emodiff.doctor",
-    "sample": "emodiff.sample",
-    "schedule": "emodiff.control.preview",
+    "evaluate": "emodiff.metrics.evaluate",
     "prepare": "emodiff.data.prepare",
     "inspect": "emodiff.data.contact_sheet",
+    "schedule": "emodiff.control.preview",
+    "sample": "emodiff.sample",
 }
 TRAIN_STAGES: dict[str, str] = {
     "denoiser": "emodiff.train.denoiser",
     "expression": "emodiff.train.expression_gan",
     "intensity": "emodiff.train.intensity",
+    "emotion-classifier": "emodiff.train.emotion_classifier",
 }
 
 

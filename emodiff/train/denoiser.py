@@ -231,7 +231,9 @@ def train(config: DictConfig, store: str | Path, output_dir: str | Path, resume:
                     raise non_finite("loss", step + 1)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients:
-                    if not torch.isfinite(accelerator.clip_grad_norm_(parameters, tc.max_grad_norm)):
+                    norm = accelerator.clip_grad_norm_(parameters, tc.max_grad_norm)
+                    # fp16's loss scaler skips overflowing steps by itself; elsewhere inf is fatal.
+                    if tc.mixed_precision != "fp16" and not torch.isfinite(norm):
                         raise non_finite("gradient", step + 1)
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(config, step)
