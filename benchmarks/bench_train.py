@@ -25,7 +25,8 @@ from emodiff.data.datasets import FrameDataset  # noqa: E402
 from emodiff.diffusion.gaussian import GaussianDiffusion  # noqa: E402
 from emodiff.models.reference_net import ReferenceNet  # noqa: E402
 from emodiff.models.unet import DenoisingUNet  # noqa: E402
-from emodiff.train.denoiser import compute_losses, load_config  # noqa: E402
+from emodiff.train.common import load_config  # noqa: E402
+from emodiff.train.denoiser import compute_losses  # noqa: E402
 from tests.conftest import write_random_store  # noqa: E402
 
 

@@ -123,8 +123,8 @@ def test_ablations_and_exact_resume(tmp_path):
     assert main(["train", "expression", "--output-dir", str(tmp_path / "once"), *common, "train.max_steps=6",
                  "train.checkpoint_every=3"]) == 0
     assert main(["train", "expression", "--output-dir", str(tmp_path / "twice"), *common, "train.max_steps=3"]) == 0
-    assert main(["train", "expression", "--output-dir", str(tmp_path / "twice"), *common, "train.max_steps=6",
-                 "train.checkpoint_every=3"]) == 0
+    assert main(["train", "expression", "--output-dir", str(tmp_path / "twice"), "--resume", "latest", *common,
+                 "train.max_steps=6", "train.checkpoint_every=3"]) == 0
     once = ExpressionGenerator.from_pretrained(tmp_path / "once" / "generator").state_dict()
     twice = ExpressionGenerator.from_pretrained(tmp_path / "twice" / "generator").state_dict()
     for name in once:

@@ -96,13 +96,17 @@ def test_predictor_learns_intensity_from_audio(tmp_path, capsys):
     assert "expects (frames, 320)" in capsys.readouterr().err
 
 
-def test_resume_continues_exactly(tmp_path):
+def test_resume_continues_exactly(tmp_path, capsys):
     torch.set_num_threads(1)
     make_store(tmp_path / "store", 4, n_frames=48)
     common = ["--store", str(tmp_path / "store"), *TINY, "train.checkpoint_every=3", "train.keep_checkpoints=2"]
     assert main(["train", "intensity", "--output-dir", str(tmp_path / "once"), *common, "train.max_steps=10"]) == 0
     assert main(["train", "intensity", "--output-dir", str(tmp_path / "twice"), *common, "train.max_steps=5"]) == 0
-    assert main(["train", "intensity", "--output-dir", str(tmp_path / "twice"), *common, "train.max_steps=10"]) == 0
+    assert main(["train", "intensity", "--output-dir", str(tmp_path / "twice"), *common, "train.max_steps=10"]) == 1
+    assert "pass --resume latest to continue it" in capsys.readouterr().err  # nothing trained over
+    assert sorted(p.name for p in (tmp_path / "twice" / "checkpoints").iterdir()) == ["checkpoint-3", "checkpoint-5"]
+    assert main(["train", "intensity", "--output-dir", str(tmp_path / "twice"), "--resume", "latest", *common,
+                 "train.max_steps=10"]) == 0
     assert sorted(p.name for p in (tmp_path / "twice" / "checkpoints").iterdir()) == ["checkpoint-10", "checkpoint-9"]
     once = IntensityVAE.from_pretrained(tmp_path / "once" / "model").state_dict()
     twice = IntensityVAE.from_pretrained(tmp_path / "twice" / "model").state_dict()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from emodiff.cli import main as cli_main
@@ -110,7 +112,7 @@ def test_denoiser_learns_the_disc_world(store, tmp_path):
     assert (out / "logs").is_dir() and any((out / "logs").rglob("events.out.tfevents*"))
 
 
-def test_resume_after_sigkill_gives_identical_weights(store, tmp_path):
+def test_resume_after_sigkill_gives_identical_weights(store, tmp_path, capsys):
     steps, half = 16, 8
     settings = ["train.checkpoint_every=8", "train.validate_every=1000", "train.keep_checkpoints=5"]
     straight = tmp_path / "straight"
@@ -121,13 +123,19 @@ def test_resume_after_sigkill_gives_identical_weights(store, tmp_path):
     cmd = [sys.executable, "-m", "emodiff", "train", "denoiser", "--config", str(TINY), "--store", str(store),
            "--output-dir", str(killed), "--max-steps", str(steps), "--set", *settings]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = killed / "checkpoints" / f"step_{half:08d}"
+    checkpoint = killed / "checkpoints" / f"checkpoint-{half}"
     deadline = time.monotonic() + 300
     while not checkpoint.is_dir() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.is_dir() and not (killed / "unet").exists(), "the run was not killed half-way"
+
+    # Without --resume the folder of the killed run is refused and left as it was.
+    before = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    assert train_cli(store, killed, steps, *settings) == 1
+    assert "pass --resume latest to continue it" in capsys.readouterr().err
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == before
 
     assert train_cli(store, killed, steps, *settings, resume="latest") == 0
     a = load_file(straight / "unet" / "diffusion_pytorch_model.safetensors")
@@ -136,8 +144,8 @@ def test_resume_after_sigkill_gives_identical_weights(store, tmp_path):
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
     for name in ("model.safetensors", "ema.safetensors"):  # raw and EMA weights at the last checkpoint
-        a = load_file(straight / "checkpoints" / f"step_{steps:08d}" / name)
-        b = load_file(killed / "checkpoints" / f"step_{steps:08d}" / name)
+        a = load_file(straight / "checkpoints" / f"checkpoint-{steps}" / name)
+        b = load_file(killed / "checkpoints" / f"checkpoint-{steps}" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
     logged = {e["step"]: e["loss/loss"] for e in read_log(killed)}
     assert logged[steps] == {e["step"]: e["loss/loss"] for e in read_log(straight)}[steps]
@@ -153,7 +161,7 @@ def test_two_processes_train_and_checkpoint(store, tmp_path):
            "--max-steps", "4", "--set", "train.batch_size=4", "train.log_every=1", "train.checkpoint_every=4"]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    checkpoint = out / "checkpoints" / "step_00000004"
+    checkpoint = out / "checkpoints" / "checkpoint-4"
     assert {p.name for p in checkpoint.iterdir()} >= {"model.safetensors", "model_1.safetensors", "optimizer.bin",
                                                        "ema.safetensors", "random_states_0.pkl", "random_states_1.pkl"}
     assert [e["step"] for e in read_log(out)] == [1, 2, 3, 4]  # logged once, by the main process
@@ -166,10 +174,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_checkpoints_intact(store, tmp_pa
                      "train.validate_every=1000")
     assert code == 1
     err = capsys.readouterr().err
-    assert "NaN/inf at step" in err and "Traceback" not in err
+    assert re.search(r"became (nan|inf|-inf) at step \d+;", err) and "Traceback" not in err
     failed_step = int(err.split("at step ")[1].split(";")[0])
-    names = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert names == [f"step_{s:08d}" for s in range(max(1, failed_step - 2), failed_step)]
+    names = {p.name for p in (out / "checkpoints").iterdir()}
+    assert names == {f"checkpoint-{s}" for s in range(max(1, failed_step - 2), failed_step)}
     for folder in (out / "checkpoints").iterdir():
         weights = load_file(folder / "model.safetensors")
         assert all(torch.isfinite(t).all() for t in weights.values())
@@ -187,3 +195,21 @@ def test_bad_inputs_are_one_clear_sentence(store, tmp_path, capsys):
     assert "fewer than one batch" in capsys.readouterr().err
     assert train_cli(store, tmp_path / "o4", 1, resume=str(tmp_path)) == 1
     assert "not a denoiser checkpoint" in capsys.readouterr().err
+
+
+def test_renorm_encoder_adds_the_norm_loss(store, tmp_path):
+    """With `unet.expression_encoder=renorm` the logged loss includes λ_norm·L_norm, and L_norm pulls the
+    neutral latent (every clip of the disc store is neutral) towards the origin."""
+    out = tmp_path / "renorm"
+    assert train_cli(store, out, 30, "unet.expression_encoder=renorm", "train.log_every=1", "train.checkpoint_every=30",
+                     "train.validate_every=1000") == 0
+    log = read_log(out)
+    d = OmegaConf.load(TINY).diffusion
+    assert d.lambda_norm == 0.1  # the framewise intensity paper's λ_norm
+    weights = {"vlb": d.lambda_vlb, "lip": d.lambda_lip, "eye": d.lambda_eye, "norm": d.lambda_norm}
+    for entry in log:
+        expected = entry["loss/simple"] + sum(w * entry[f"loss/{k}"] for k, w in weights.items())
+        assert entry["loss/loss"] == pytest.approx(expected, rel=1e-5)
+    norms = [entry["loss/norm"] for entry in log]
+    print(f"\nrenorm L_norm step 1 {norms[0]:.3f} → step 30 {norms[-1]:.3f}")
+    assert norms[-1] < 0.5 * norms[0]

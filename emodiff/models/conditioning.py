@@ -115,7 +115,7 @@ class RenormExpressionEncoder(EmotionIntensityEncoder):
 
     def norm_loss(self, emotion: torch.Tensor) -> torch.Tensor:
         """L_norm: the batch mean of ‖M(f_y)‖ over the samples whose label y is neutral (0 for the others).
-        Add λ_norm·L_norm (the paper uses λ_norm = 0.1) to the denoiser loss when this encoder is selected."""
+        Denoiser training adds λ_norm·L_norm (`diffusion.lambda_norm`, the paper's 0.1) to its loss."""
         neutral = (emotion == self.neutral).to(self.emotion.weight.dtype)
         latent = self.adapt(self.emotion.weight[self.neutral])
         return latent.norm() * neutral.mean()

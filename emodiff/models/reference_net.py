@@ -7,7 +7,7 @@ computed once per identity and reused for every denoising step and every frame.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -20,29 +20,22 @@ TRUNK_KEYS = ("base_channels", "channel_mult", "num_res_blocks", "reference_leve
 
 
 class ReferenceNet(ModelMixin, ConfigMixin):
-    """identity (B,3,H,W) → one feature map per attention site of a `DenoisingUNet` with the same trunk."""
+    """identity (B,3,H,W) → one feature map per attention site of a `DenoisingUNet` with the same trunk.
+
+    `trunk_config` holds the `TRUNK_KEYS` entries of that UNet's config (see `matching`).
+    """
 
     _supports_gradient_checkpointing = True
 
     @register_to_config
-    def __init__(
-        self,
-        base_channels: int = 128,
-        channel_mult: Sequence[int] = (1, 2, 3),
-        num_res_blocks: int = 2,
-        reference_levels: Sequence[int] = (1, 2),
-        num_heads: int = 4,
-        groups: int = 32,
-        attention_backend: str = "sdpa",
-    ):
+    def __init__(self, trunk_config: dict[str, Any]):
         super().__init__()
-        self.trunk = UNetTrunk(3, base_channels, channel_mult, num_res_blocks, reference_levels, num_heads, groups,
-                               attention_backend=attention_backend)
+        self.trunk = UNetTrunk(3, **trunk_config)
 
     @classmethod
     def matching(cls, unet: DenoisingUNet) -> "ReferenceNet":
         """A new ReferenceNet whose trunk (and so whose feature maps) matches `unet`'s."""
-        return cls(**{key: unet.config[key] for key in TRUNK_KEYS})
+        return cls(trunk_config={key: unet.config[key] for key in TRUNK_KEYS})
 
     def forward(self, identity: torch.Tensor) -> list[torch.Tensor]:
         return self.trunk(identity)[1]

@@ -1,11 +1,11 @@
 """Train the expression generator against its global and local discriminators (EMOdiffhead §3.3).
 
-  emodiff train expression --store STORE [--config configs/expression_gan.yaml] [--output-dir DIR] [--set KEY=VALUE ...]
+  emodiff train expression --store STORE [--config configs/expression_gan.yaml] [--output-dir DIR] [--resume latest]
   accelerate launch -m emodiff.train.expression_gan --store STORE
 
 Trains on windows of labelled clips of the configured MEAD levels (the strongest, 3, by default).
 Ablations: `model.use_local_discriminator=false` (no D_l), `model.global_discriminator.temporal=conv`
-(no TCN). Resumes exactly from OUTPUT_DIR/checkpoints; the generator is saved to OUTPUT_DIR/generator.
+(no TCN). The generator is saved to OUTPUT_DIR/generator.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from emodiff.data.store import Clip
 from emodiff.errors import EmodiffError
 from emodiff.models.expression_gan import (TEMPORAL_KINDS, ExpressionGenerator, GlobalDiscriminator,
                                              LocalDiscriminator)
-from emodiff.train.common import (Checkpoints, add_training_arguments, batches, check_finite, load_config,
-                                  optimizer_step, progress, run_as_module, save_model, sequence_dataset,
-                                  start_run)
+from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
+                                  optimizer_step, run_as_module, sequence_dataset)
 
 
 def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -60,20 +59,23 @@ def _weighted(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> tor
     return sum(weights.get(name, 1.0) * value for name, value in losses.items())
 
 
-def train(config: DictConfig) -> Path:
+def _named(model: str, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{model} {name} loss": value for name, value in losses.items()}
+
+
+def train(config: DictConfig, resume: str | None = None) -> Path:
     """Run (or resume) adversarial training as configured; returns the saved generator folder."""
-    out = Path(config.output_dir)
     mc, tc = config.model, config.train
     if mc.global_discriminator.temporal not in TEMPORAL_KINDS:
         raise EmodiffError(f"Unknown model.global_discriminator.temporal={mc.global_discriminator.temporal}; "
                            f"use one of: {', '.join(TEMPORAL_KINDS)}.")
-    accelerator = start_run(config)
     levels = config.data.levels
 
     def keep(clip: Clip) -> bool:
         return clip.emotion in EMOTIONS and (levels is None or clip.level in levels)
 
     dataset = sequence_dataset(config, keep=keep)
+    training = TrainingRun(config, "expression", resume)
     dims = {"expression_dim": dataset[0]["expression"].shape[-1], "n_emotions": len(EMOTIONS)}
     generator = ExpressionGenerator(**dims, **mc.generator)
     d_global = GlobalDiscriminator(**dims, **mc.global_discriminator)
@@ -84,32 +86,34 @@ def train(config: DictConfig) -> Path:
     betas = tuple(tc.adam_betas)
     opt_g = torch.optim.Adam(generator.parameters(), lr=tc.generator_lr, betas=betas)
     opt_d = torch.optim.Adam(d_params, lr=tc.discriminator_lr, betas=betas)
+    accelerator = training.accelerator
     generator, opt_g, opt_d, *discriminators = accelerator.prepare(generator, opt_g, opt_d, *discriminators)
     d_global, d_local = discriminators[0], (discriminators[1] if len(discriminators) > 1 else None)
     weights = {"mse": tc.lambda_mse, "class": tc.class_weight, "local": tc.local_weight}
 
-    checkpoints = Checkpoints(accelerator, out / "checkpoints", tc.keep_checkpoints)
-    start = checkpoints.resume()
+    start = training.resume().step
     stream = batches(accelerator, dataset, tc.batch_size, config.seed, start, config.data.num_workers)
     sample_noise = accelerator.unwrap_model(generator).sample_noise
-    bar = progress(accelerator, start, tc.max_steps, "expression GAN")
-    for step in bar:
+    for step in training.steps(start):
         batch = next(stream)
         real, emotion = batch["expression"], batch["emotion"]
         fake = generator(emotion, sample_noise(real.shape[0], real.shape[1]))
 
         d_losses = discriminator_loss(d_global, d_local, real, fake, emotion)
-        check_finite({f"discriminator {k}": v for k, v in d_losses.items()}, step + 1)
-        optimizer_step(accelerator, opt_d, _weighted(d_losses, weights), d_params, tc.grad_clip)
+        check_finite(accelerator, _named("discriminator", d_losses), step)
+        optimizer_step(accelerator, opt_d, _weighted(d_losses, weights), d_params, tc.max_grad_norm, step)
 
         g_losses = generator_loss(d_global, d_local, real, fake, emotion)
-        check_finite({f"generator {k}": v for k, v in g_losses.items()}, step + 1)
-        optimizer_step(accelerator, opt_g, _weighted(g_losses, weights), list(generator.parameters()), tc.grad_clip)
+        check_finite(accelerator, _named("generator", g_losses), step)
+        optimizer_step(accelerator, opt_g, _weighted(g_losses, weights), list(generator.parameters()),
+                       tc.max_grad_norm, step)
+        opt_d.zero_grad(set_to_none=True)  # the generator's loss also reached the discriminators' parameters
 
-        bar.set_postfix(d=f"{d_losses['global'].item():.3f}", g=f"{g_losses['global'].item():.3f}",
-                        mse=f"{g_losses['mse'].item():.3f}")
-        checkpoints.after_step(step + 1, tc.checkpoint_every, tc.max_steps)
-    return save_model(accelerator, generator, out / "generator")
+        training.log(step, {**_named("discriminator", d_losses), **_named("generator", g_losses)},
+                     show=("discriminator global loss", "generator global loss", "generator mse loss"))
+        if training.checkpoint_due(step):
+            training.save_checkpoint(step)
+    return training.finish({"generator": generator})["generator"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = train(load_config(args))
+    path = train(config_from_args(args), args.resume)
     print(f"expression generator saved to {path}")
     return 0
 

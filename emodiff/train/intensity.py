@@ -1,9 +1,9 @@
 """Train the audio-to-intensity VAE on the store's pseudo intensities (Monte-Carlo ELBO, eq. 1).
 
-  emodiff train intensity --store STORE [--config configs/intensity.yaml] [--output-dir DIR] [--set KEY=VALUE ...]
+  emodiff train intensity --store STORE [--config configs/intensity.yaml] [--output-dir DIR] [--resume latest]
   accelerate launch -m emodiff.train.intensity --store STORE
 
-Resumes exactly from the newest checkpoint in OUTPUT_DIR/checkpoints; the model is saved to OUTPUT_DIR/model.
+The model is saved to OUTPUT_DIR/model.
 """
 
 from __future__ import annotations
@@ -15,34 +15,30 @@ import torch
 from omegaconf import DictConfig
 
 from emodiff.models.intensity_vae import IntensityVAE
-from emodiff.train.common import (Checkpoints, add_training_arguments, batches, check_finite, load_config,
-                                  optimizer_step, progress, run_as_module, save_model, sequence_dataset,
-                                  start_run)
+from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
+                                  optimizer_step, run_as_module, sequence_dataset, warmup)
 
 
-def train(config: DictConfig) -> Path:
+def train(config: DictConfig, resume: str | None = None) -> Path:
     """Run (or resume) training as configured; returns the saved model folder."""
-    out = Path(config.output_dir)
-    accelerator = start_run(config)
     dataset = sequence_dataset(config, require_audio=True)
+    training = TrainingRun(config, "intensity", resume)
     model = IntensityVAE(audio_dim=dataset[0]["audio"].shape[-1], **config.model)
     tc = config.train
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate, betas=tuple(tc.adam_betas))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    checkpoints = Checkpoints(accelerator, out / "checkpoints", tc.keep_checkpoints)
-    start = checkpoints.resume()
-    stream = batches(accelerator, dataset, tc.batch_size, config.seed, start, config.data.num_workers)
-    bar = progress(accelerator, start, tc.max_steps, "intensity")
-    for step in bar:
+    model, optimizer = training.accelerator.prepare(model, optimizer)
+    start = training.resume().step
+    stream = batches(training.accelerator, dataset, tc.batch_size, config.seed, start, config.data.num_workers)
+    for step in training.steps(start):
         batch = next(stream)
         terms = model(batch["intensity"], batch["audio"])
-        kl_weight = tc.kl_weight * min(1.0, (step + 1) / max(tc.kl_warmup_steps, 1))
-        loss = terms["recon"] + kl_weight * terms["kl"]
-        check_finite({"reconstruction": terms["recon"], "KL": terms["kl"]}, step + 1)
-        optimizer_step(accelerator, optimizer, loss, list(model.parameters()), tc.grad_clip)
-        bar.set_postfix(recon=f"{terms['recon'].item():.3f}", kl=f"{terms['kl'].item():.3f}")
-        checkpoints.after_step(step + 1, tc.checkpoint_every, tc.max_steps)
-    return save_model(accelerator, model, out / "model")
+        loss = terms["recon"] + tc.kl_weight * warmup(step, tc.kl_warmup_steps) * terms["kl"]
+        check_finite(training.accelerator, {"reconstruction loss": terms["recon"], "KL loss": terms["kl"]}, step)
+        optimizer_step(training.accelerator, optimizer, loss, list(model.parameters()), tc.max_grad_norm, step)
+        training.log(step, {"loss/recon": terms["recon"], "loss/kl": terms["kl"]}, show=("loss/recon", "loss/kl"))
+        if training.checkpoint_due(step):
+            training.save_checkpoint(step)
+    return training.finish({"model": model})["model"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = train(load_config(args))
+    path = train(config_from_args(args), args.resume)
     print(f"intensity predictor saved to {path}")
     return 0
 
