@@ -20,12 +20,14 @@ COMMANDS: dict[str, str] = {
     "inspect": "emodiff.data.contact_sheet",
     "schedule": "emodiff.control.preview",
     "sample": "emodiff.sample",
+    "synthesize": "emodiff.data.synthetic",
 }
 TRAIN_STAGES: dict[str, str] = {
     "denoiser": "emodiff.train.denoiser",
     "expression": "emodiff.train.expression_gan",
     "intensity": "emodiff.train.intensity",
     "emotion-classifier": "emodiff.train.emotion_classifier",
+    "readout": "emodiff.train.readout",
 }
 
 
