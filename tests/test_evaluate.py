@@ -76,7 +76,7 @@ def test_emotion_classifier_training_resumes_exactly(tmp_path):
             "model.dropout=0.3", "train.checkpoint_every=5", "train.keep_checkpoints=2", "--output-dir"]
     assert main([*args, str(tmp_path / "straight"), "--max-steps", "12"]) == 0
     assert main([*args, str(tmp_path / "resumed"), "--max-steps", "5"]) == 0  # stops mid-epoch
-    assert main([*args, str(tmp_path / "resumed"), "--max-steps", "12"]) == 0  # picks up at step 5
+    assert main([*args, str(tmp_path / "resumed"), "--max-steps", "12", "--resume", "latest"]) == 0  # from step 5
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["checkpoint-10", "checkpoint-12"]
     straight = load_file(tmp_path / "straight" / "model" / "diffusion_pytorch_model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "model" / "diffusion_pytorch_model.safetensors")

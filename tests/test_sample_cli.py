@@ -34,8 +34,9 @@ def checkpoint(tmp_path_factory):
     store = write_random_store(root / "store", n_clips=4, n_frames=12, size=16,
                                feat_dim=audio_feature_dim("mel", FPS), exp_dim=6)
     config = OmegaConf.merge(OmegaConf.load(REPO / "configs" / "denoiser_tiny.yaml"), OmegaConf.from_dotlist(
-        ["train.max_steps=3", "train.batch_size=4", "train.checkpoint_every=100", "train.validate_every=1000"]))
-    train_denoiser(config, store.root, root / "run")
+        ["train.max_steps=3", "train.batch_size=4", "train.checkpoint_every=100", "train.validate_every=1000",
+         f"data.store={store.root}", f"output_dir={root / 'run'}"]))
+    train_denoiser(config)
     pipeline = EmoDiffPipeline.from_training(root / "run", store)
     pipeline.save_pretrained(root / "pipeline")
     return root / "pipeline"

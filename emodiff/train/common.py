@@ -1,4 +1,4 @@
-"""The training infrastructure every stage shares (denoiser, expression GAN, intensity VAE).
+"""The training infrastructure every stage shares (denoiser, expression GAN, intensity VAE, emotion classifier).
 
 - `add_training_arguments`, `config_from_args`, `load_config`: a YAML config plus `--set key=value`
   overrides (OmegaConf) and the flags --store, --output-dir, --max-steps, --resume.

@@ -1,11 +1,10 @@
 """Train the emotion classifier behind EmoAcc on the labelled clips of a clip store.
 
-  emodiff train emotion-classifier --store STORE [--config configs/emotion_classifier.yaml] [--output-dir DIR] [--set KEY=VALUE ...]
+  emodiff train emotion-classifier --store STORE [--config configs/emotion_classifier.yaml] [--output-dir DIR] [--resume latest]
   accelerate launch -m emodiff.train.emotion_classifier --store STORE
 
-Resumes exactly from the newest checkpoint in OUTPUT_DIR/checkpoints; the classifier is saved to
-OUTPUT_DIR/model (give that folder to `emodiff evaluate --emotion-classifier`), the held-out clips' video
-accuracy to OUTPUT_DIR/validation.json.
+The classifier is saved to OUTPUT_DIR/model (give that folder to `emodiff evaluate --emotion-classifier`),
+the held-out clips' video accuracy to OUTPUT_DIR/validation.json.
 """
 
 from __future__ import annotations
@@ -22,8 +21,8 @@ from emodiff.data.datasets import emotion_label, frames_to_tensor
 from emodiff.data.store import ClipStore, write_json_atomic
 from emodiff.errors import EmodiffError
 from emodiff.metrics.emotion import EmotionClassifier, emotion_accuracy, frame_logits
-from emodiff.train.common import (Checkpoints, add_training_arguments, batches, check_finite, load_config,
-                                  optimizer_step, progress, run_as_module, save_model, start_run)
+from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
+                                  optimizer_step, run_as_module)
 
 
 class LabelledFrames(Dataset):
@@ -54,34 +53,33 @@ def split_labelled_clips(store: ClipStore, val_fraction: float, seed: int) -> tu
     return [ids[k] for k in order[n_val:]], [ids[k] for k in order[:n_val]]
 
 
-def train(config: DictConfig) -> Path:
+def train(config: DictConfig, resume: str | None = None) -> Path:
     """Run (or resume) training as configured; returns the saved classifier folder."""
-    out = Path(config.output_dir)
-    accelerator = start_run(config)
     store = ClipStore.open(config.data.store)
     train_ids, val_ids = split_labelled_clips(store, config.data.val_fraction, config.seed)
     dataset = LabelledFrames(store, train_ids, config.model.resolution, config.data.frame_stride)
+    training = TrainingRun(config, "emotion-classifier", resume)
+    accelerator = training.accelerator
     model = EmotionClassifier(resolution=config.model.resolution, channels=tuple(config.model.channels),
                               dropout=config.model.dropout)
     tc = config.train
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    checkpoints = Checkpoints(accelerator, out / "checkpoints", tc.keep_checkpoints)
-    start = checkpoints.resume()
+    start = training.resume().step
     stream = batches(accelerator, dataset, tc.batch_size, config.seed, start, config.data.num_workers)
-    bar = progress(accelerator, start, tc.max_steps, "emotion-classifier")
-    for step in bar:
+    for step in training.steps(start):
         images, labels = next(stream)
         loss = torch.nn.functional.cross_entropy(model(images), labels)
-        check_finite({"cross-entropy": loss}, step + 1)
-        optimizer_step(accelerator, optimizer, loss, list(model.parameters()), tc.grad_clip)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        checkpoints.after_step(step + 1, tc.checkpoint_every, tc.max_steps)
-    path = save_model(accelerator, model, out / "model")
+        check_finite(accelerator, {"cross-entropy": loss}, step)
+        optimizer_step(accelerator, optimizer, loss, list(model.parameters()), tc.max_grad_norm, step)
+        training.log(step, {"loss/cross_entropy": loss}, show=("loss/cross_entropy",))
+        if training.checkpoint_due(step):
+            training.save_checkpoint(step)
+    path = training.finish({"model": model})["model"]
     if accelerator.is_main_process and val_ids:
         classifier = accelerator.unwrap_model(model)
         logits = [frame_logits(classifier, store.clip(i).frames) for i in val_ids]
-        write_json_atomic(out / "validation.json",
+        write_json_atomic(training.output_dir / "validation.json",
                           emotion_accuracy(logits, [emotion_label(store.clip(i)) for i in val_ids]))
     return path
 
@@ -91,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = train(load_config(args))
+    path = train(config_from_args(args), args.resume)
     print(f"emotion classifier saved to {path}")
     return 0
 
