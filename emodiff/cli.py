@@ -14,11 +14,19 @@ import sys
 from emodiff.errors import EmodiffError
 
 COMMANDS: dict[str, str] = {
+    "doctor": "emodiff.doctor",
+    "evaluate": "emodiff.metrics.evaluate",
     "prepare": "emodiff.data.prepare",
     "inspect": "emodiff.data.contact_sheet",
+    "schedule": "emodiff.control.preview",
+    "sample": "emodiff.sample",
     "synthesize": "emodiff.data.synthetic",
 }
 TRAIN_STAGES: dict[str, str] = {
+    "denoiser": "emodiff.train.denoiser",
+    "expression": "emodiff.train.expression_gan",
+    "intensity": "emodiff.train.intensity",
+    "emotion-classifier": "emodiff.train.emotion_classifier",
     "readout": "emodiff.train.readout",
 }
 

@@ -17,7 +17,7 @@ def fixtures_dir() -> Path:
     """The real media folder named by EMODIFF_FIXTURES; tests using it skip when it is unset."""
     root = os.environ.get("EMODIFF_FIXTURES")
     if not root or not Path(root).is_dir():
-        pytest.skip("EMODIFF_FIXTURES is not set (see tests/README or .ci/run)")
+        pytest.skip("EMODIFF_FIXTURES is not set (point it at a folder of real clips, e.g. ../shared/fixtures as .ci/run does)")
     return Path(root)
 
 

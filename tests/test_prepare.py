@@ -181,7 +181,7 @@ def test_landmark_basis_is_zero_padded_when_the_store_is_small(tmp_path):
 
 def test_pseudo_intensity_grows_with_k_and_is_normalised(tmp_path):
     store, _, ks = synthetic_mesh_store(tmp_path / "store", np.random.default_rng(3))
-    finalise(store, PrepareSettings())
+    finalise(store, LandmarkExpression())
     assert store.clip_ids() == sorted(ks)
     happy = store.clip("W001_happy_3_h")
     assert happy.intensity.min() >= 0 and happy.intensity.max() <= 1

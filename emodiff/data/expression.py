@@ -1,10 +1,15 @@
 """Expression vectors and pseudo intensity (DESIGN §4.2, §5.3).
 
-Extractors plug in by name through `EXPRESSION_EXTRACTORS` ("module:Class"). Every extractor has
+Extractors plug in by name through `EXPRESSION_EXTRACTORS` ("module:Class"); the options given to
+`make_expression_extractor` go to the class's constructor (`landmarks` takes none; `deca` takes
+the user's `deca_model`, `flame_model` and `device`). Every extractor has
 `extract(frames, landmarks68, mesh) -> dict of per-frame arrays` (run per clip; the key
 "expression" is the (T, D) vector itself, other keys are kept as `<key>.npy` in the clip folder).
 Store-level extractors also have `fit(store, clip_ids)` (a basis over the whole store, saved in
 `stats/`), `load(store)` and `transform(clip) -> (T, D)`.
+
+`deca` (the paper's choice, third_party/deca): FLAME's ψ from DECA's coarse encoder per frame,
+with the jaw and global pose and the landmark re-projection error of the fit.
 
 `landmarks` (the offline default): each frame's dense 3D mesh is similarity-aligned (Umeyama
 Procrustes on the rigid points `RIGID_POINTS`) to the store's canonical shape (a generalised
@@ -65,14 +70,16 @@ class StoreExpressionExtractor(ExpressionExtractor, Protocol):
 
 EXPRESSION_EXTRACTORS: dict[str, str] = {
     "landmarks": "emodiff.data.expression:LandmarkExpression",
+    "deca": "third_party.deca.extractor:DecaExpressionExtractor",
 }
 
 
-def make_expression_extractor(name: str) -> ExpressionExtractor:
+def make_expression_extractor(name: str, **options: Any) -> ExpressionExtractor:
+    """The extractor registered as `name`, built with `options` (its constructor's arguments)."""
     if name not in EXPRESSION_EXTRACTORS:
         raise EmodiffError(f"Unknown expression extractor '{name}'; choose one of: {', '.join(EXPRESSION_EXTRACTORS)}.")
     module, cls = EXPRESSION_EXTRACTORS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    return getattr(importlib.import_module(module), cls)(**options)
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:

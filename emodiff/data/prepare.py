@@ -4,9 +4,10 @@
 recursively (mp4, mov, avi, mkv, webm). Two phases:
 
 1. per clip, in parallel worker processes: frames at --fps, landmarks, nose-tip crops (align.py),
-   16 kHz audio and its features, the expression extractor's per-clip arrays. The clip is written
-   atomically (`ClipStore.write_clip`) and listed as `extracted` in manifest.jsonl; a failure is
-   listed as `failed` with its reason and the run goes on.
+   16 kHz audio and its features, the expression extractor's per-clip arrays (the extractor is
+   built once per process: `deca` loads the user's --deca-model and --flame-model). The clip is
+   written atomically (`ClipStore.write_clip`) and listed as `extracted` in manifest.jsonl; a
+   failure is listed as `failed` with its reason and the run goes on.
 2. store-level finalisation: the expression basis (stats/), expression.npy and intensity.npy per
    clip, then the clip is listed as `ok`. The statistics are keyed by a fingerprint of the set of
    extracted clips; when the set changes, all clips are first listed as `extracted` again, the
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from emodiff.data import align
 from emodiff.data.audio_features import AUDIO_FEATURES, extract_audio_features, get_audio_encoder
 from emodiff.data.expression import (
-    EXPRESSION_EXTRACTORS, INTENSITY_PERCENTILE, StoreExpressionExtractor, identity_key,
+    EXPRESSION_EXTRACTORS, INTENSITY_PERCENTILE, ExpressionExtractor, StoreExpressionExtractor, identity_key,
     least_expressive_frames, make_expression_extractor, raw_intensity)
 from emodiff.data.labels import parse_label
 from emodiff.data.landmarks import LANDMARK_DETECTORS, largest_face, make_detector
@@ -178,7 +179,13 @@ def clip_audio(path: Path, n_frames: int, settings: PrepareSettings) -> tuple[np
     return audio, features
 
 
-def extract_clip(store: ClipStore, source: Source, settings: PrepareSettings) -> dict[str, Any]:
+def reprojection_summary(error: np.ndarray) -> dict[str, float]:
+    """Mean and 95th percentile of a clip's per-frame landmark re-projection error (DECA's fit quality)."""
+    return {"mean": round(float(error.mean()), 6), "p95": round(float(np.percentile(error, 95)), 6)}
+
+
+def extract_clip(store: ClipStore, source: Source, settings: PrepareSettings,
+                 extractor: ExpressionExtractor) -> dict[str, Any]:
     """Phase 1 for one source; returns its manifest entry (status `extracted` or `failed`)."""
     label = parse_label(source.path)
     entry: dict[str, Any] = {"id": source.clip_id, "source": str(source.path), "identity": label.identity,
@@ -198,7 +205,6 @@ def extract_clip(store: ClipStore, source: Source, settings: PrepareSettings) ->
         audio = None
         if info.has_audio:
             audio, arrays["audio_feats"] = clip_audio(source.path, len(crops), settings)
-        extractor = make_expression_extractor(settings.expression)
         per_clip = extractor.extract(crops, landmarks, mesh)
         extras = {k: v for k, v in per_clip.items() if k not in ARRAY_NAMES}
         arrays.update({k: v for k, v in per_clip.items() if k in ARRAY_NAMES})
@@ -209,6 +215,8 @@ def extract_clip(store: ClipStore, source: Source, settings: PrepareSettings) ->
             "audio_features": ({"kind": settings.audio_features, "model": settings.audio_model}
                                if audio is not None else None),
             "expression_extractor": {"name": extractor.name, "version": extractor.version},
+            **({"reprojection_error": reprojection_summary(per_clip["reprojection_error"])}
+               if "reprojection_error" in per_clip else {}),
             "source_video": {"duration": info.duration, "fps": info.fps, "width": info.width, "height": info.height},
             "crop_boxes": np.round(boxes, 2).tolist(), "crop_rule": {
                 "centre": "nose tip (iBUG 30)", "side": f"{align.CROP_SCALE} x face extent",
@@ -230,17 +238,24 @@ def extract_clip(store: ClipStore, source: Source, settings: PrepareSettings) ->
     return entry
 
 
+_worker_extractor: ExpressionExtractor | None = None  # built once per worker process by _init_worker
+
+
 def _extract_in_worker(job: tuple[str, Source, PrepareSettings]) -> dict[str, Any]:
     root, source, settings = job
-    return extract_clip(ClipStore(root), source, settings)
+    return extract_clip(ClipStore(root), source, settings, _worker_extractor)
 
 
-def _init_worker() -> None:
-    """One thread per worker process: the parallelism is across processes."""
+def _init_worker(expression: str, options: dict[str, Any]) -> None:
+    """One thread per worker process (the parallelism is across processes) and its own extractor."""
+    global _worker_extractor
     import cv2
+    import torch
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    _worker_extractor = make_expression_extractor(expression, **options)
 
 
 # -- phase 2: the store ------------------------------------------------------------------------
@@ -273,14 +288,13 @@ def clip_neutral(expression: np.ndarray, clip: Clip, neutral: dict[str, np.ndarr
     return expression[least_expressive_frames(expression, np.zeros(expression.shape[1]))].mean(axis=0)
 
 
-def finalise(store: ClipStore, settings: PrepareSettings) -> int:
+def finalise(store: ClipStore, extractor: ExpressionExtractor) -> int:
     """Phase 2: fit the store statistics if the clip set changed, then finalise every clip not yet ok."""
     manifest = store.manifest()
     ready = sorted(cid for cid, e in manifest.items()
                    if e.get("status") in ("extracted", "ok") and store.is_complete(cid))
     if not ready:
         return 0
-    extractor = make_expression_extractor(settings.expression)
     fingerprint = hashlib.sha1("\n".join([extractor.name, extractor.version, *ready]).encode()).hexdigest()[:16]
     done_path, intensity_path = store.stats_dir / FINALISED_FILE, store.stats_dir / INTENSITY_FILE
     clips = [store.clip(cid) for cid in ready]
@@ -331,13 +345,18 @@ def check_settings(store: ClipStore, settings: PrepareSettings) -> None:
 
 
 def prepare(inputs: list[str | Path], out: str | Path, settings: PrepareSettings = PrepareSettings(),
-            workers: int = 1, shard: str | None = None, retry_failed: bool = False) -> dict[str, Any]:
-    """Run both phases (module docstring); returns the summary counts."""
+            workers: int = 1, shard: str | None = None, retry_failed: bool = False,
+            deca_model: str | Path | None = None, flame_model: str | Path | None = None,
+            device: str = "cpu") -> dict[str, Any]:
+    """Run both phases (module docstring); returns the summary counts. deca_model, flame_model and
+    device are used by the `deca` extractor only."""
     if settings.size < 16:
         raise EmodiffError(f"--size must be at least 16 pixels, got {settings.size}.")
     if settings.fps <= 0:
         raise EmodiffError(f"--fps must be positive, got {settings.fps}.")
-    make_expression_extractor(settings.expression)
+    options = ({"deca_model": deca_model, "flame_model": flame_model, "device": device}
+               if settings.expression == "deca" else {})
+    extractor = make_expression_extractor(settings.expression, **options)  # missing model files fail here, once
     get_audio_encoder(settings.audio_features, settings.audio_model)  # a missing model fails here, once
     make_detector(settings.landmarks, video=False).close()  # a missing backend or its weights fail here, once
     index, count = parse_shard(shard)
@@ -355,18 +374,18 @@ def prepare(inputs: list[str | Path], out: str | Path, settings: PrepareSettings
     todo = [source for source in sources if not done(source.clip_id)]
     summary = {"extracted": 0, "failed": 0, "skipped": len(sources) - len(todo), "frames": 0}
     started = time.perf_counter()
-    jobs = [(str(store.root), source, settings) for source in todo]
-    with tqdm(total=len(jobs), desc="prepare", unit="clip", disable=not jobs) as bar:
-        if workers > 1 and len(jobs) > 1:
-            with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), _init_worker) as pool:
-                results = pool.imap_unordered(_extract_in_worker, jobs)
-                for entry in results:
+    with tqdm(total=len(todo), desc="prepare", unit="clip", disable=not todo) as bar:
+        if workers > 1 and len(todo) > 1:
+            jobs = [(str(store.root), source, settings) for source in todo]
+            with multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), _init_worker,
+                                                           (settings.expression, options)) as pool:
+                for entry in pool.imap_unordered(_extract_in_worker, jobs):
                     _record(store, entry, summary, bar)
         else:
-            for job in jobs:
-                _record(store, _extract_in_worker(job), summary, bar)
+            for source in todo:
+                _record(store, extract_clip(store, source, settings, extractor), summary, bar)
     summary["seconds"] = time.perf_counter() - started
-    summary["finalised"] = finalise(store, settings) if count == 1 else None
+    summary["finalised"] = finalise(store, extractor) if count == 1 else None
     summary["ok"] = len(store.clip_ids())
     return summary
 
@@ -395,6 +414,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-features", default="mel", choices=sorted(AUDIO_FEATURES), help="DESIGN §4.1")
     parser.add_argument("--audio-model", help="local folder or hub id of the hubert / wav2vec2 model")
     parser.add_argument("--expression", default="landmarks", choices=sorted(EXPRESSION_EXTRACTORS))
+    parser.add_argument("--deca-model", help="DECA's deca_model.tar (for --expression deca)")
+    parser.add_argument("--flame-model", help="FLAME 2020 generic_model.pkl (for --expression deca; "
+                        "DECA's landmark_embedding.npy must lie beside it or beside --deca-model)")
+    parser.add_argument("--device", default="cpu", help="torch device of the deca extractor (cpu, cuda, cuda:1)")
     parser.add_argument("--landmarks", default="mediapipe", choices=sorted(LANDMARK_DETECTORS))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--shard", help="i/n: extract only the i-th of n shares of the sorted sources")
@@ -404,7 +427,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = PrepareSettings(args.size, args.fps, args.audio_features, args.audio_model, args.expression,
                                args.landmarks)
-    summary = prepare(args.sources, args.out, settings, args.workers, args.shard, args.retry_failed)
+    summary = prepare(args.sources, args.out, settings, args.workers, args.shard, args.retry_failed,
+                      args.deca_model, args.flame_model, args.device)
     rate = summary["frames"] / max(summary["seconds"], 1e-9)
     print(f"prepare: {summary['extracted']} extracted, {summary['failed']} failed, {summary['skipped']} skipped "
           f"({summary['frames']} frames, {rate:.1f} frames/s); "

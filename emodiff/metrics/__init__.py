@@ -1,1 +1,6 @@
-"""Metrics: FLIE, LIE, EmoAcc, image/video quality, sync, landmarks, frame-wise intensity."""
+"""Metrics of talking-head videos, one module per family, and the `emodiff evaluate` harness.
+
+linearity (FLIE eq. 20, LIE) · lpips · emotion (EmoAcc classifier) · quality (PSNR, SSIM, CPBD, CSIM) ·
+frechet (FID, FVD) · sync (SyncNet LSE-C / LSE-D) · landmarks (M-LMD / F-LMD) · framewise (Beat Align,
+Diversity, Intensity-L2) · evaluate / protocol (the CLI).
+"""

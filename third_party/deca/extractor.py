@@ -15,8 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from emodiff.errors import EmodiffError
-from third_party.deca.assets import EMBEDDING_SOURCE, load_flame_model, load_landmark_embedding
-from third_party.deca.encoder import CROP_SIZE, DecaEncoder, crop_boxes, crop_faces, load_deca_encoder, to_crop_normalised
+from third_party.deca.assets import EMBEDDING_SOURCE, FLAME_SOURCE, load_flame_model, load_landmark_embedding
+from third_party.deca.encoder import (
+    CROP_SIZE, DECA_SOURCE, DecaEncoder, crop_boxes, crop_faces, load_deca_encoder, to_crop_normalised)
 from third_party.deca.flame import Flame, orthographic_project
 from third_party.deca.render import has_pytorch3d, landmark_overlay, mesh_overlay, save_png
 
@@ -32,22 +33,40 @@ def find_landmark_embedding(*folders: Path) -> Path:
                        f"({', '.join(str(f) for f in folders)}): get it from {EMBEDDING_SOURCE}")
 
 
+def require_model_files(deca_model: str | os.PathLike | None,
+                        flame_model: str | os.PathLike | None) -> tuple[Path, Path]:
+    """The user's two files as paths; one EmodiffError names every one not given or not found
+    (with its command-line option) and where to get it."""
+    wanted = [("deca_model.tar", "--deca-model", deca_model, DECA_SOURCE),
+              ("generic_model.pkl", "--flame-model", flame_model, FLAME_SOURCE)]
+    missing = [(f"{name} ({option}, {'not given' if path is None else f'{path} not found'})", source)
+               for name, option, path, source in wanted if path is None or not Path(path).is_file()]
+    if missing:
+        raise EmodiffError(f"DECA expressions need {' and '.join(what for what, _ in missing)}: "
+                           f"get {' and '.join(source for _, source in missing)}.")
+    return Path(deca_model), Path(flame_model)
+
+
 class DecaExpressionExtractor:
     """FLAME expression, jaw and head pose per frame from DECA's coarse encoder.
 
     deca_model: DECA's `deca_model.tar`; flame_model: FLAME 2020 `generic_model.pkl` (or its
-    `.npz` cache); landmark_embedding: DECA's `landmark_embedding.npy`, by default looked up next
-    to the FLAME model, then next to the DECA model.
+    `.npz` cache), both required (`require_model_files`); landmark_embedding: DECA's
+    `landmark_embedding.npy`, by default looked up next to the FLAME model, then next to the DECA model.
     """
 
     name = "deca"
     version = "1"
 
-    def __init__(self, deca_model: str | os.PathLike, flame_model: str | os.PathLike,
+    def __init__(self, deca_model: str | os.PathLike | None, flame_model: str | os.PathLike | None,
                  device: str | torch.device = "cpu", landmark_embedding: str | os.PathLike | None = None,
                  batch_size: int = 32) -> None:
-        deca_model, flame_model = Path(deca_model), Path(flame_model)
-        self.device = torch.device(device)
+        deca_model, flame_model = require_model_files(deca_model, flame_model)
+        try:
+            self.device = torch.device(device)
+            torch.empty(0, device=self.device)
+        except (RuntimeError, AssertionError) as err:  # unknown device type; CUDA absent or no such GPU
+            raise EmodiffError(f"Device '{device}' cannot be used here: {str(err).splitlines()[0]}.") from None
         self.batch_size = batch_size
         self.encoder = load_deca_encoder(deca_model).to(self.device)
         flame = load_flame_model(flame_model)

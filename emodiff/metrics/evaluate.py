@@ -1,0 +1,676 @@
+"""Evaluate generated videos against a reference set and compare pipelines with the same metrics.
+
+    emodiff evaluate --reference REF --run ours=DIR --run eat=DIR --out REPORT [weights…]
+    emodiff evaluate protocol --source MEAD_ROOT --out PROTOCOL      (write the test inputs)
+
+Folder convention: a run folder holds `<name>.mp4` (frames + audio); videos are matched across runs and the
+reference by `<name>`. Optional sidecars next to a video (a run's own sidecar wins over the reference's):
+  `<name>.json`           {"emotion": "happy", "intensity": 0.5 or [per-frame k…], "series": "M003_happy_001"}
+                          — videos of one series share identity and audio and differ in intensity (FLIE, LIE);
+  `<name>.expression.npy` (T, D) expression vectors (DESIGN §4.2, `deca` or `landmarks` extractor);
+  `<name>.landmarks.npy`  (T, 68, 2) iBUG-68 landmarks in the evaluation crop's pixels (else detected).
+All videos are resampled to one fps and face-aligned with the crop code of `emodiff prepare` (per-frame
+iBUG-68 landmarks, nose-tip boxes smoothed in time; `--aligned`: already crops, only resized); the same
+detection gives the landmarks of M-LMD / F-LMD. Every metric whose weights and inputs are present is
+computed; the others are listed as skipped with the reason. Outputs: metrics.md, metrics.csv, metrics.json,
+and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from emodiff.data.labels import EMOTIONS, emotion_index
+from emodiff.data.store import write_json_atomic
+from emodiff.errors import EmodiffError
+from emodiff.metrics import framewise, frechet, landmarks, linearity, quality
+from emodiff.metrics.emotion import EmotionClassifier, emotion_accuracy, frame_logits
+from emodiff.metrics.lpips import LPIPS
+from emodiff.metrics.sync import FPS as SYNC_FPS
+from emodiff.metrics.sync import SyncNet, sync_scores
+
+REFERENCE_RUN = "reference"
+CPBD_FRAME_STRIDE = 5
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+# (key, column title, better direction) in report order.
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("psnr", "PSNR", "↑"), ("ssim", "SSIM", "↑"), ("lpips", "LPIPS", "↓"), ("fid", "FID", "↓"),
+    ("fvd", "FVD", "↓"), ("cpbd", "CPBD", "↑"), ("csim", "CSIM", "↑"), ("lse_c", "LSE-C", "↑"),
+    ("lse_d", "LSE-D", "↓"), ("m_lmd", "M-LMD", "↓"), ("f_lmd", "F-LMD", "↓"), ("emo_acc", "EmoAcc", "↑"),
+    ("emo_acc_vote", "EmoAcc (vote)", "↑"), ("flie", "FLIE", "↓"), ("lie", "LIE", "↓"),
+    ("intensity_l2", "Intensity-L2", "↓"), ("beat_align", "Beat Align", "↑"), ("diversity", "Diversity", "↑"),
+)
+
+
+@dataclass
+class Video:
+    """One video prepared for evaluation: aligned crops uint8 (T, S, S, 3) and what is known about it."""
+
+    frames: np.ndarray
+    fps: float
+    audio: np.ndarray | None = None
+    emotion: str | None = None
+    intensity: np.ndarray | None = None  # target k per frame
+    constant_intensity: float | None = None  # k when the sidecar gave one number
+    series: str | None = None
+    expression: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
+    mesh: np.ndarray | None = None  # dense face mesh of the detection (source pixels), for `landmarks` vectors
+    identity: str | None = None
+
+    @property
+    def identity_key(self) -> str | None:
+        """Whose neutral face the expression vectors are measured from: identity, else series."""
+        return self.identity or self.series
+
+
+@dataclass
+class Weights:
+    """Networks found on disk; None = the metrics that need it are skipped."""
+
+    lpips: LPIPS | None = None
+    inception: torch.nn.Module | None = None
+    i3d: torch.nn.Module | None = None
+    syncnet: SyncNet | None = None
+    emotion_classifier: EmotionClassifier | None = None
+    face_embedder: torch.nn.Module | None = None
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def read_sidecar(video_path: Path, fallback_dir: Path | None) -> dict:
+    """Labels and arrays of `<name>.*` next to the video, else next to `fallback_dir/<name>.mp4`."""
+    found: dict = {}
+    for folder in ([fallback_dir] if fallback_dir else []) + [video_path.parent]:
+        stem = folder / video_path.stem
+        if stem.with_suffix(".json").is_file():
+            try:
+                found.update(json.loads(stem.with_suffix(".json").read_text()))
+            except json.JSONDecodeError as err:
+                raise EmodiffError(f"{stem.with_suffix('.json')} is not valid JSON: {err}.") from err
+        for key in ("expression", "landmarks"):
+            path = Path(f"{stem}.{key}.npy")
+            if path.is_file():
+                found[key] = np.load(path, allow_pickle=False)
+    return found
+
+
+def make_video(frames: np.ndarray, fps: float, audio: np.ndarray | None, sidecar: dict) -> Video:
+    """A Video with its sidecar checked (emotion name, intensity in [0, 1], one array row per frame)."""
+    for key in ("expression", "landmarks"):
+        if key in sidecar and len(sidecar[key]) != len(frames):
+            raise EmodiffError(f"The {key} sidecar has {len(sidecar[key])} rows but its video has {len(frames)} frames.")
+    emotion = sidecar.get("emotion")
+    if emotion is not None:
+        emotion = EMOTIONS[emotion_index(emotion)]
+    intensity, constant = sidecar.get("intensity"), None
+    if intensity is not None:
+        k = np.asarray(intensity, dtype=np.float64).reshape(-1)
+        if k.size == 1:
+            constant = float(k[0])
+            k = np.full(len(frames), constant)
+        if np.any((k < 0) | (k > 1)):
+            raise EmodiffError(f"Intensity values must lie in [0, 1]; got {k.min():.3g}..{k.max():.3g}.")
+        intensity = k[: len(frames)]
+    return Video(frames=frames, fps=fps, audio=audio, emotion=emotion, intensity=intensity,
+                 constant_intensity=constant, series=sidecar.get("series"), identity=sidecar.get("identity"),
+                 expression=sidecar.get("expression"), landmarks=sidecar.get("landmarks"), mesh=sidecar.get("mesh"))
+
+
+def load_video(path: Path, fps: float, size: int, aligned: bool, landmarks: str | None = "mediapipe",
+               fallback_dir: Path | None = None) -> Video:
+    """Read at `fps` and crop to size×size with prepare's rule (per-frame iBUG-68 landmarks, nose-tip
+    centred boxes smoothed in time); `aligned`: the video is a face crop already and is only resized.
+    Landmarks (crop pixels) come from the same detection; `landmarks=None` skips detection (aligned only).
+    A sidecar's arrays win over detected ones."""
+    from emodiff.data import align
+    from emodiff.data.media import load_audio, read_video
+    from emodiff.data.prepare import PrepareSettings, crop_frames, detect_faces
+
+    points = mesh = None
+    if landmarks is not None:
+        points, mesh, _ = detect_faces(path, PrepareSettings(size=size, fps=fps, landmarks=landmarks))
+    if aligned:
+        frames, source_hw = [], (size, size)
+        for frame in read_video(path, fps):
+            source_hw = frame.shape[:2]
+            frames.append(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA))
+        frames = np.stack(frames)
+        if points is not None:  # source pixels (x, y) → resized crop pixels
+            points = points * (size / np.array([source_hw[1], source_hw[0]], dtype=np.float64))
+    else:
+        if points is None:
+            raise EmodiffError("Aligning videos needs a landmark backend; use --aligned for face crops.")
+        boxes = align.smooth_boxes(points)
+        frames = crop_frames(path, boxes, PrepareSettings(size=size, fps=fps))
+        points = np.stack([align.to_crop_coords(p, b, size) for p, b in zip(points, boxes)])
+    try:
+        audio = load_audio(path)
+    except EmodiffError:
+        audio = None  # a video without a sound track: sync and beat metrics skip it
+    sidecar = read_sidecar(path, fallback_dir)
+    if points is not None:
+        sidecar.setdefault("landmarks", points.astype(np.float32))
+        sidecar["mesh"] = mesh
+    return make_video(frames, fps, audio, sidecar)
+
+
+def video_paths(folder: Path) -> dict[str, Path]:
+    """`<name>` → video path for the videos directly inside `folder`."""
+    if not folder.is_dir():
+        raise EmodiffError(f"Video folder {folder} does not exist.")
+    paths = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES}
+    if not paths:
+        raise EmodiffError(f"No videos ({', '.join(VIDEO_SUFFIXES)}) in {folder}.")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- expression vectors
+
+def landmark_expressions(reference: dict[str, Video], runs: dict[str, dict[str, Video]]) -> list[str]:
+    """Fill missing expression vectors with prepare's `landmarks` extractor, its basis, canonical shape and
+    per-identity neutral meshes fitted on the reference videos only, so every run is measured in one space.
+    A video is matched to a reference identity by `identity_key` (identity, else series, else its name).
+    Returns the names of the videos left without vectors."""
+    import tempfile
+
+    from emodiff.data.expression import LandmarkExpression, normalise_mesh
+    from emodiff.data.store import ClipStore, save_npy_atomic
+
+    extractor = LandmarkExpression()
+    missing = []
+    with tempfile.TemporaryDirectory(prefix="emodiff-eval-") as tmp:
+        store = ClipStore.create(tmp)
+        clips: dict[tuple[str, str], str] = {}
+        for run, videos in ((REFERENCE_RUN, reference), *runs.items()):
+            for name, video in videos.items():
+                if video.expression is not None:
+                    continue
+                if video.mesh is None:
+                    missing.append(f"{run}/{name}")
+                    continue
+                clip_id = f"{len(clips):06d}"
+                clip = store.write_clip(clip_id, {"landmarks": video.landmarks},
+                                        {"identity": video.identity_key or name, "emotion": video.emotion})
+                save_npy_atomic(clip.path / "mesh.npy", normalise_mesh(video.mesh.astype(np.float64)).astype(np.float16))
+                clips[(run, name)] = clip_id
+        fit_ids = [cid for (run, _), cid in clips.items() if run == REFERENCE_RUN]
+        if not fit_ids:
+            return missing + [f"{run}/{name}" for run, name in clips]
+        extractor.fit(store, fit_ids)
+        for (run, name), clip_id in clips.items():
+            video = (reference if run == REFERENCE_RUN else runs[run])[name]
+            if store.clip(clip_id).identity in extractor.state["neutral"]:
+                video.expression = extractor.transform(store.clip(clip_id))
+            else:
+                missing.append(f"{run}/{name}")
+    return missing
+
+
+def deca_expressions(reference: dict[str, Video], runs: dict[str, dict[str, Video]], deca_model: str,
+                     flame_model: str, device: str) -> list[str]:
+    """Fill missing expression vectors with FLAME ψ (50) from our DECA encoder (the paper's FLIE setting)."""
+    from emodiff.data.expression import make_expression_extractor
+
+    extractor = make_expression_extractor("deca", deca_model=deca_model, flame_model=flame_model, device=device)
+    missing = []
+    for run, videos in ((REFERENCE_RUN, reference), *runs.items()):
+        for name, video in videos.items():
+            if video.expression is None and video.landmarks is not None:
+                video.expression = extractor.extract(video.frames, video.landmarks)["expression"]
+            elif video.expression is None:
+                missing.append(f"{run}/{name}")
+    return missing
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+def measured_intensity(videos: dict[str, Video]) -> dict[str, np.ndarray]:
+    """Per-frame intensity read back from expression vectors, calibrated per series (inverse of eq. 14):
+    k̂_t = k_lo + (k_hi − k_lo)·⟨e_t − ē_lo, ē_hi − ē_lo⟩ / ‖ē_hi − ē_lo‖², where ē_lo / ē_hi are the mean
+    expressions of the series' constant-intensity videos with the lowest / highest k."""
+    out: dict[str, np.ndarray] = {}
+    for members in _series(videos).values():
+        constant = sorted((v.constant_intensity, n) for n, v in members.items() if v.constant_intensity is not None)
+        if len(constant) < 2 or constant[0][0] == constant[-1][0]:
+            continue
+        (k_lo, lo), (k_hi, hi) = constant[0], constant[-1]
+        e_lo, e_hi = members[lo].expression.mean(axis=0), members[hi].expression.mean(axis=0)
+        direction = e_hi - e_lo
+        for name, v in members.items():
+            out[name] = k_lo + (k_hi - k_lo) * ((v.expression - e_lo) @ direction) / (direction @ direction)
+    return out
+
+
+def _series(videos: dict[str, Video]) -> dict[str, dict[str, Video]]:
+    groups: dict[str, dict[str, Video]] = defaultdict(dict)
+    for name, v in videos.items():
+        if v.series is not None and v.expression is not None:
+            groups[v.series][name] = v
+    return groups
+
+
+def _intensity_sweeps(videos: dict[str, Video], need_expression: bool) -> list[list[Video]]:
+    """Per series, its constant-intensity videos sorted by k (three or more distinct k)."""
+    groups: dict[str, list[Video]] = defaultdict(list)
+    for v in videos.values():
+        if v.series is not None and v.constant_intensity is not None and (v.expression is not None or not need_expression):
+            groups[v.series].append(v)
+    sweeps = [sorted(g, key=lambda v: v.constant_intensity) for g in groups.values()]
+    return [s for s in sweeps if len({v.constant_intensity for v in s}) >= 3]
+
+
+def _common_frames(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both sequences cut to the shorter length (frame i of one faces frame i of the other)."""
+    n = min(len(a), len(b))
+    return a[:n], b[:n]
+
+
+class RunEvaluator:
+    """Computes every available metric of one run; records why the others were skipped."""
+
+    def __init__(self, weights: Weights, reference: dict[str, Video]):
+        self.weights, self.reference = weights, reference
+        self.skipped: dict[str, str] = {}
+
+    def skip(self, metric: str, reason: str) -> None:
+        self.skipped.setdefault(metric, reason)
+
+    def evaluate(self, videos: dict[str, Video]) -> tuple[dict[str, float], dict]:
+        values: dict[str, float] = {}
+        extras: dict = {}
+        pairs = [(self.reference[n], videos[n]) for n in sorted(videos) if n in self.reference]
+        if pairs:
+            values["psnr"] = float(np.mean([quality.psnr(*_common_frames(r.frames, g.frames)) for r, g in pairs]))
+            values["ssim"] = float(np.mean([quality.ssim(*_common_frames(r.frames, g.frames)) for r, g in pairs]))
+            self._lpips(pairs, values)
+            self._lmd(pairs, values)
+            self._csim(pairs, values)
+        else:
+            for key in ("psnr", "ssim", "lpips", "m_lmd", "f_lmd", "csim"):
+                self.skip(key, "no video name is shared with the reference folder")
+        self._frechet(videos, values)
+        values["cpbd"] = float(np.mean([quality.cpbd(f) for v in videos.values() for f in v.frames[::CPBD_FRAME_STRIDE]]))
+        self._sync(videos, values)
+        self._emotion(videos, values, extras)
+        self._intensity(videos, values, extras)
+        return values, extras
+
+    def _lpips(self, pairs: list[tuple[Video, Video]], values: dict[str, float]) -> None:
+        if self.weights.lpips is None:
+            self.skip("lpips", "no LPIPS weights (--lpips-backbone and --lpips-linear)")
+            return
+        values["lpips"] = float(np.concatenate([self.weights.lpips.frames_distance(*_common_frames(r.frames, g.frames))
+                                                for r, g in pairs]).mean())
+
+    def _lmd(self, pairs: list[tuple[Video, Video]], values: dict[str, float]) -> None:
+        with_lms = [_common_frames(r.landmarks, g.landmarks) for r, g in pairs
+                    if r.landmarks is not None and g.landmarks is not None]
+        if not with_lms:
+            reason = "no landmarks for both the reference and the run (--landmarks none, no <name>.landmarks.npy)"
+            self.skip("m_lmd", reason)
+            self.skip("f_lmd", reason)
+            return
+        values["m_lmd"] = float(np.mean([landmarks.m_lmd(a, b) for a, b in with_lms]))
+        values["f_lmd"] = float(np.mean([landmarks.f_lmd(a, b) for a, b in with_lms]))
+
+    def _csim(self, pairs: list[tuple[Video, Video]], values: dict[str, float]) -> None:
+        if self.weights.face_embedder is None:
+            self.skip("csim", "no face-embedding network (--face-embedder)")
+            return
+        values["csim"] = float(np.mean([quality.identity_similarity(self.weights.face_embedder, r.frames[0], g.frames)
+                                        for r, g in pairs]))
+
+    def _frechet(self, videos: dict[str, Video], values: dict[str, float]) -> None:
+        real = [v.frames for v in self.reference.values()]
+        fake = [v.frames for v in videos.values()]
+        if self.weights.inception is None:
+            self.skip("fid", "no Inception feature network (--inception)")
+        else:
+            values["fid"] = frechet.fid(self.weights.inception, np.concatenate(real), np.concatenate(fake))
+        if self.weights.i3d is None:
+            self.skip("fvd", "no I3D feature network (--i3d)")
+        elif min(len(v) for v in real + fake) < frechet.FVD_CLIP_FRAMES:
+            self.skip("fvd", f"a video is shorter than {frechet.FVD_CLIP_FRAMES} frames")
+        else:
+            values["fvd"] = frechet.fvd(self.weights.i3d, real, fake)
+
+    def _sync(self, videos: dict[str, Video], values: dict[str, float]) -> None:
+        if self.weights.syncnet is None:
+            self.skip("lse_c", "no SyncNet weights (--syncnet)")
+            self.skip("lse_d", "no SyncNet weights (--syncnet)")
+            return
+        scores = [sync_scores(self.weights.syncnet, v.frames, v.audio, v.fps) for v in videos.values()
+                  if v.audio is not None and round(v.fps) == SYNC_FPS]
+        if not scores:
+            self.skip("lse_c", f"no {SYNC_FPS} fps video with audio")
+            self.skip("lse_d", f"no {SYNC_FPS} fps video with audio")
+            return
+        values["lse_c"] = float(np.mean([s.lse_c for s in scores]))
+        values["lse_d"] = float(np.mean([s.lse_d for s in scores]))
+
+    def _emotion(self, videos: dict[str, Video], values: dict[str, float], extras: dict) -> None:
+        labelled = [v for v in videos.values() if v.emotion is not None]
+        reason = ("no emotion classifier (--emotion-classifier)" if self.weights.emotion_classifier is None
+                  else None if labelled else "no video has an emotion label")
+        if reason:
+            self.skip("emo_acc", reason)
+            self.skip("emo_acc_vote", reason)
+            return
+        result = emotion_accuracy([frame_logits(self.weights.emotion_classifier, v.frames) for v in labelled],
+                                  [EMOTIONS.index(v.emotion) for v in labelled])
+        values["emo_acc"], values["emo_acc_vote"] = result["emo_acc"], result["emo_acc_vote"]
+        extras["per_class"] = result["per_class"]
+
+    def _intensity(self, videos: dict[str, Video], values: dict[str, float], extras: dict) -> None:
+        sweeps = _intensity_sweeps(videos, need_expression=True)
+        if sweeps:
+            values["flie"] = float(np.mean([linearity.flie([v.expression for v in s]) for s in sweeps]))
+            extras["flie_curves"] = [{"k": [v.constant_intensity for v in s],
+                                      "mean_expression": [v.expression.mean(axis=0).tolist() for v in s]}
+                                     for s in sweeps]
+        else:
+            self.skip("flie", "no series with expression vectors at three or more constant intensities")
+        lpips_sweeps = _intensity_sweeps(videos, need_expression=False)
+        if self.weights.lpips is None or not lpips_sweeps:
+            self.skip("lie", "no LPIPS weights" if self.weights.lpips is None
+                      else "no series of videos at three or more constant intensities")
+        else:
+            values["lie"] = float(np.mean([linearity.lie(self.weights.lpips, [v.frames for v in s]) for s in lpips_sweeps]))
+        with_expression = [v for v in videos.values() if v.expression is not None]
+        if not with_expression:
+            for key in ("intensity_l2", "beat_align", "diversity"):
+                self.skip(key, "no expression vectors (<name>.expression.npy)")
+            return
+        values["diversity"] = framewise.diversity([v.expression for v in with_expression])
+        with_audio = [v for v in with_expression if v.audio is not None and len(v.expression) > 2]
+        if with_audio:
+            values["beat_align"] = float(np.mean([
+                framewise.beat_align(framewise.audio_onset_beats(v.audio, v.fps), framewise.motion_beats(v.expression))
+                for v in with_audio]))
+        else:
+            self.skip("beat_align", "no video has both audio and expression vectors")
+        measured = measured_intensity(videos)
+        curves = {n: (videos[n].intensity, k) for n, k in measured.items() if videos[n].intensity is not None}
+        if curves:
+            values["intensity_l2"] = float(np.mean([framewise.intensity_l2(t, k) for t, k in curves.values()]))
+            extras["intensity_curves"] = {n: {"target": t.tolist(), "measured": k.tolist()} for n, (t, k) in curves.items()}
+        else:
+            self.skip("intensity_l2", "no series with two constant-intensity videos to calibrate the measurement")
+
+
+def evaluate_runs(reference: dict[str, Video], runs: dict[str, dict[str, Video]], weights: Weights,
+                  settings: dict | None = None) -> dict:
+    """Metrics of the reference (as a run: the ground-truth row) and of every run; see the module docstring."""
+    report: dict = {"settings": settings or {}, "metrics": {}, "extras": {}, "skipped": {}}
+    evaluator = RunEvaluator(weights, reference)
+    for name, videos in tqdm([(REFERENCE_RUN, reference), *runs.items()], desc="evaluate runs"):
+        report["metrics"][name], report["extras"][name] = evaluator.evaluate(videos)
+    report["skipped"] = {k: r for k, r in evaluator.skipped.items()
+                         if not any(k in m for m in report["metrics"].values())}
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def _format(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.4g}"
+
+
+def report_markdown(report: dict) -> str:
+    """The report as a Markdown table (runs × metrics) plus settings and skipped metrics."""
+    keys = [m for m in METRICS if any(m[0] in row for row in report["metrics"].values())]
+    lines = ["# emodiff evaluation", ""]
+    lines += [f"- {k}: {v}" for k, v in report["settings"].items()] + [""]
+    lines.append("| run | " + " | ".join(f"{title} {arrow}" for _, title, arrow in keys) + " |")
+    lines.append("|---" * (len(keys) + 1) + "|")
+    for run, row in report["metrics"].items():
+        lines.append(f"| {run} | " + " | ".join(_format(row.get(k)) for k, _, _ in keys) + " |")
+    if report["skipped"]:
+        lines += ["", "Skipped:", ""] + [f"- {k}: {why}" for k, why in report["skipped"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def report_csv(report: dict) -> str:
+    keys = [k for k, _, _ in METRICS]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["run", *keys])
+    for run, row in report["metrics"].items():
+        writer.writerow([run, *(row.get(k, "") for k in keys)])
+    return buffer.getvalue()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp-write")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_plots(report: dict, out_dir: Path) -> list[Path]:
+    """Intensity curves (target vs measured), per-emotion accuracy and FLIE curves, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig: "plt.Figure", name: str) -> None:
+        path = out_dir / name
+        fig.tight_layout()
+        fig.savefig(path.with_name(path.name + ".tmp-write.png"), dpi=100)
+        path.with_name(path.name + ".tmp-write.png").replace(path)
+        plt.close(fig)
+        written.append(path)
+
+    extras = report["extras"]
+    curves = {run: e["intensity_curves"] for run, e in extras.items() if "intensity_curves" in e}
+    if curves:
+        fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
+        for ax, (run, per_video) in zip(axes[0], curves.items()):
+            # schedules that vary over time first: they show frame-wise control best
+            ordered = sorted(per_video.items(), key=lambda item: np.ptp(item[1]["target"]) == 0)
+            for name, c in ordered[:4]:
+                line, = ax.plot(c["measured"], label=f"{name} measured")
+                ax.plot(c["target"], "--", color=line.get_color(), label=f"{name} target")
+            ax.set(title=run, xlabel="frame", ylabel="intensity k")
+            ax.legend(fontsize=6)
+        save(fig, "intensity_curves.png")
+    per_class = {run: e["per_class"] for run, e in extras.items() if "per_class" in e}
+    if per_class:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        width = 0.8 / len(per_class)
+        for r, (run, table) in enumerate(per_class.items()):
+            x = np.array([EMOTIONS.index(e) for e in table]) + r * width
+            ax.bar(x, [t["mean_logits"] for t in table.values()], width, label=run)
+        ax.set_xticks(np.arange(len(EMOTIONS)) + 0.4 - width / 2, EMOTIONS, rotation=30)
+        ax.set(ylabel="video accuracy", ylim=(0, 1), title="EmoAcc per emotion")
+        ax.legend(fontsize=7)
+        save(fig, "emotion_accuracy.png")
+    flie = {run: e["flie_curves"] for run, e in extras.items() if "flie_curves" in e}
+    if flie:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for r, (run, sweeps) in enumerate(flie.items()):
+            for i, s in enumerate(sweeps):
+                means = np.asarray(s["mean_expression"])
+                progress = np.linalg.norm(means - means[0], axis=1) / max(np.linalg.norm(means[-1] - means[0]), 1e-12)
+                ax.plot(s["k"], progress, "o-", color=f"C{r}", alpha=0.7, label=run if i == 0 else None)
+        ax.plot([0, 1], [0, 1], "k:", label="linear")
+        ax.set(xlabel="target intensity k", ylabel="‖ē_k − ē_0‖ / ‖ē_max − ē_0‖", title="FLIE curves")
+        ax.legend(fontsize=7)
+        save(fig, "flie_curves.png")
+    rows = report["metrics"]
+    shown = [m for m in METRICS if any(m[0] in row and math.isfinite(row[m[0]]) for row in rows.values())]
+    if shown:
+        colour = {run: f"C{i}" for i, run in enumerate(rows)}
+        fig, axes = plt.subplots(1, len(shown), figsize=(2.2 * len(shown), 3), squeeze=False)
+        for ax, (key, title, arrow) in zip(axes[0], shown):
+            names = [run for run, row in rows.items() if key in row and math.isfinite(row[key])]
+            ax.bar(range(len(names)), [rows[run][key] for run in names], color=[colour[run] for run in names])
+            ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+            ax.set_title(f"{title} {arrow}", fontsize=9)
+        save(fig, "metrics.png")
+    return written
+
+
+def _json_safe(obj):
+    """Strict JSON: non-finite floats (PSNR of identical videos) become the strings "inf" / "-inf" / "nan"."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def write_report(report: dict, out_dir: str | Path) -> list[Path]:
+    """metrics.md, metrics.csv, metrics.json (∞ written as "inf") and the plots, each written atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_text_atomic(out_dir / "metrics.md", report_markdown(report))
+    _write_text_atomic(out_dir / "metrics.csv", report_csv(report))
+    write_json_atomic(out_dir / "metrics.json", _json_safe(report))
+    return [out_dir / "metrics.md", out_dir / "metrics.csv", out_dir / "metrics.json", *write_plots(report, out_dir)]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def load_weights(args: argparse.Namespace) -> Weights:
+    """The networks named on the command line (each optional)."""
+    weights = Weights()
+    if bool(args.lpips_backbone) != bool(args.lpips_linear):
+        raise EmodiffError("LPIPS needs both --lpips-backbone and --lpips-linear.")
+    if args.lpips_backbone:
+        weights.lpips = LPIPS.from_files(args.lpips_trunk, args.lpips_backbone, args.lpips_linear)
+    if args.inception:
+        weights.inception = frechet.load_feature_network(args.inception)
+    if args.i3d:
+        weights.i3d = frechet.load_feature_network(args.i3d)
+    if args.face_embedder:
+        weights.face_embedder = frechet.load_feature_network(args.face_embedder)
+    if args.syncnet and Path(args.syncnet).is_file():
+        weights.syncnet = SyncNet.from_syncnet_v2(args.syncnet)
+    elif args.syncnet:
+        weights.syncnet = _load_saved_model(SyncNet, args.syncnet)
+    if args.emotion_classifier:
+        weights.emotion_classifier = _load_saved_model(EmotionClassifier, args.emotion_classifier)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for name in vars(weights):
+        if getattr(weights, name) is not None:
+            setattr(weights, name, getattr(weights, name).to(device))
+    return weights
+
+
+def _load_saved_model(cls: type, folder: str) -> torch.nn.Module:
+    if not (Path(folder) / "config.json").is_file():
+        raise EmodiffError(f"{folder} is not a saved {cls.__name__} folder (config.json is missing).")
+    return cls.from_pretrained(folder).eval()
+
+
+def parse_runs(specs: list[str]) -> dict[str, Path]:
+    runs: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise EmodiffError(f"--run expects NAME=DIR, got '{spec}'.")
+        if name == REFERENCE_RUN or name in runs:
+            raise EmodiffError(f"Run name '{name}' is used twice or clashes with '{REFERENCE_RUN}'.")
+        runs[name] = Path(folder)
+    return runs
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("mode", nargs="?", choices=["protocol"],
+                        help="`protocol`: write the inputs of a test protocol instead of evaluating.")
+    parser.add_argument("--reference", type=Path, help="Folder of ground-truth videos (<name>.mp4 + sidecars).")
+    parser.add_argument("--run", dest="runs", action="append", default=[], metavar="NAME=DIR",
+                        help="A pipeline's output folder (repeatable).")
+    parser.add_argument("--out", type=Path, required=True, help="Report folder (or protocol folder).")
+    parser.add_argument("--fps", type=float, default=25.0, help="Frame rate all videos are resampled to.")
+    parser.add_argument("--size", type=int, default=128, help="Side of the aligned evaluation crops in pixels.")
+    parser.add_argument("--aligned", action="store_true", help="Videos are aligned face crops already: resize only.")
+    parser.add_argument("--landmarks", choices=["mediapipe", "fan", "none"], default="mediapipe",
+                        help="Landmark backend for alignment and M/F-LMD (`none`: skip detection; needs --aligned).")
+    parser.add_argument("--expression", choices=["landmarks", "deca", "none"], default="landmarks",
+                        help="Expression vectors for FLIE, Intensity-L2, Beat Align, Diversity (DESIGN §4.2); "
+                             "<name>.expression.npy sidecars win. `deca` needs --deca-model and --flame-model.")
+    parser.add_argument("--deca-model", help="DECA's deca_model.tar (for --expression deca).")
+    parser.add_argument("--flame-model", help="FLAME's generic_model.pkl (for --expression deca).")
+    parser.add_argument("--device", help="Device for the networks (default: cuda when available, else cpu).")
+    parser.add_argument("--lpips-trunk", choices=["alex", "vgg"], default="alex")
+    parser.add_argument("--lpips-backbone", help="torchvision alexnet/vgg16 state_dict file (.pth/.safetensors).")
+    parser.add_argument("--lpips-linear", help="LPIPS linear-layer file (lpips weights/v0.1/<trunk>.pth).")
+    parser.add_argument("--inception", help="TorchScript FID Inception file (e.g. inception-2015-12-05.pt).")
+    parser.add_argument("--i3d", help="TorchScript FVD I3D file (e.g. i3d_torchscript.pt).")
+    parser.add_argument("--syncnet", help="Official syncnet_v2.model file, or a folder of a saved emodiff SyncNet.")
+    parser.add_argument("--emotion-classifier", help="The model folder of `emodiff train emotion-classifier` (OUTPUT_DIR/model).")
+    parser.add_argument("--face-embedder", help="TorchScript face-embedding network (images in [-1, 1]) for CSIM.")
+    from emodiff.metrics.protocol import add_protocol_arguments
+
+    add_protocol_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.mode == "protocol":
+        from emodiff.metrics.protocol import write_protocol
+
+        n = write_protocol(args.source, args.out, args.identities.split(","), args.level, args.sweep,
+                           args.fps)
+        print(f"Wrote {n} protocol items to {args.out}")
+        return 0
+    if args.reference is None or not args.runs:
+        raise EmodiffError("evaluate needs --reference DIR and at least one --run NAME=DIR.")
+    if args.expression == "deca" and not (args.deca_model and args.flame_model):
+        raise EmodiffError("--expression deca needs --deca-model and --flame-model.")
+    runs = parse_runs(args.runs)
+    weights = load_weights(args)
+    ref_paths = video_paths(args.reference)
+    run_paths = {name: video_paths(folder) for name, folder in runs.items()}
+    total = len(ref_paths) + sum(len(p) for p in run_paths.values())
+    with tqdm(total=total, desc="read and align videos") as bar:
+        def load_all(paths: dict[str, Path], fallback: Path | None) -> dict[str, Video]:
+            videos = {}
+            for name, path in paths.items():
+                videos[name] = load_video(path, args.fps, args.size, args.aligned,
+                                          None if args.landmarks == "none" else args.landmarks, fallback)
+                bar.update(1)
+            return videos
+
+        reference = load_all(ref_paths, None)
+        loaded = {name: load_all(paths, args.reference) for name, paths in run_paths.items()}
+    if args.expression == "deca":
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        missing = deca_expressions(reference, loaded, args.deca_model, args.flame_model, device)
+    elif args.expression == "landmarks":
+        missing = landmark_expressions(reference, loaded)
+    else:
+        missing = []
+    settings = {"fps": args.fps, "crop": f"{args.size}×{args.size} ({'pre-aligned' if args.aligned else 'aligned'})",
+                "landmarks": args.landmarks,
+                "expression vectors": args.expression + (f" (none for {len(missing)} videos: {', '.join(missing[:5])})"
+                                                         if missing else ""),
+                "reference": str(args.reference),
+                "videos": {name: len(v) for name, v in {REFERENCE_RUN: reference, **loaded}.items()}}
+    report = evaluate_runs(reference, loaded, weights, settings)
+    files = write_report(report, args.out)
+    print(report_markdown(report))
+    print("Wrote " + ", ".join(str(f) for f in files))
+    return 0

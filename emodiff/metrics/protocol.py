@@ -1,0 +1,99 @@
+"""`emodiff evaluate protocol`: write the inputs of a test protocol so every pipeline runs on the same ones.
+
+From a MEAD-style source (`M003/video/front/happy/level_3/001.mp4` or `M003_happy_3_001.mp4`), for the test
+identities (default: M003, M030, W009, W015, the MEAD test split of EAMM and EAT) at one level, each video
+becomes an item `<identity>_<emotion>_<level>_<clip>`:
+  inputs/<item>.png       the first frame (the one-shot identity image; pipelines crop it their own way),
+  inputs/<item>.wav       its speech, 16 kHz mono,
+  reference/<item>.mp4    the ground-truth video, with reference/<item>.json {"emotion", "identity", "series": item};
+and for every emotional item an intensity sweep `<item>_k<k>` (same image and audio, `--sweep` levels) whose
+reference/<item>_k<k>.json carries {"emotion", "identity", "intensity": k, "series": item} (no ground-truth
+video; expression vectors are measured from the identity's neutral face fitted on the reference videos).
+protocol.csv lists every item with its inputs. A pipeline writes `<item>.mp4` per row into its run folder;
+then `emodiff evaluate --reference OUT/reference --run NAME=RUN_DIR …`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import cv2
+
+from emodiff.data.labels import parse_label
+from emodiff.data.store import write_json_atomic, write_wav
+from emodiff.errors import EmodiffError
+
+MEAD_TEST_IDENTITIES = ("M003", "M030", "W009", "W015")
+DEFAULT_SWEEP = "0,0.25,0.5,0.75,1"
+
+
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("protocol mode")
+    group.add_argument("--source", type=Path, help="MEAD root or folder of MEAD-named videos.")
+    group.add_argument("--identities", default=",".join(MEAD_TEST_IDENTITIES), help="Comma-separated test identities.")
+    group.add_argument("--level", type=int, default=3, help="MEAD intensity level of the test videos.")
+    group.add_argument("--sweep", default=DEFAULT_SWEEP, help="Intensities k of the sweep items (FLIE/LIE).")
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp-copy")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+
+
+def write_protocol(source: Path | None, out: Path, identities: list[str], level: int, sweep: str,
+                   fps: float) -> int:
+    """Write the protocol folder; returns the number of items (rows of protocol.csv)."""
+    if source is None or not Path(source).is_dir():
+        raise EmodiffError("evaluate protocol needs --source, an existing MEAD folder.")
+    try:
+        ks = [float(k) for k in sweep.split(",")]
+    except ValueError as err:
+        raise EmodiffError(f"--sweep must be comma-separated numbers, got '{sweep}'.") from err
+    if any(not 0 <= k <= 1 for k in ks):
+        raise EmodiffError("Sweep intensities must lie in [0, 1].")
+    wanted = {i.strip() for i in identities if i.strip()}
+    videos = []
+    for path in sorted(Path(source).rglob("*.mp4")):
+        label = parse_label(path)
+        if label.identity in wanted and label.level == level:
+            videos.append((f"{label.identity}_{label.emotion}_{level}_{path.stem}", label.identity, label.emotion, path))
+    if not videos:
+        raise EmodiffError(f"No level-{level} MEAD videos of {', '.join(sorted(wanted))} under {source}.")
+    from emodiff.data.media import load_audio, read_video
+
+    for sub in ("inputs", "reference"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for item, identity, emotion, path in videos:
+        image, audio = out / "inputs" / f"{item}.png", out / "inputs" / f"{item}.wav"
+        first = next(iter(read_video(path, fps)), None)
+        if first is None:
+            raise EmodiffError(f"{path} has no frames.")
+        tmp = image.with_name(image.name + ".tmp-write.png")
+        cv2.imwrite(str(tmp), cv2.cvtColor(first, cv2.COLOR_RGB2BGR))
+        tmp.replace(image)
+        tmp = audio.with_name(audio.name + ".tmp-write")
+        write_wav(tmp, load_audio(path))
+        tmp.replace(audio)
+        _copy_atomic(path, out / "reference" / f"{item}.mp4")
+        write_json_atomic(out / "reference" / f"{item}.json", {"emotion": emotion, "identity": identity, "series": item})
+        rows.append([item, image.relative_to(out), audio.relative_to(out), emotion, "", item, f"reference/{item}.mp4"])
+        if emotion != "neutral":
+            for k in ks:
+                name = f"{item}_k{k:.2f}"
+                write_json_atomic(out / "reference" / f"{name}.json",
+                                  {"emotion": emotion, "identity": identity, "intensity": k, "series": item})
+                rows.append([name, image.relative_to(out), audio.relative_to(out), emotion, k, item, ""])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["item", "identity_image", "audio", "emotion", "intensity", "series", "reference_video"])
+    writer.writerows(rows)
+    tmp = out / "protocol.csv.tmp-write"
+    tmp.write_text(buffer.getvalue())
+    tmp.replace(out / "protocol.csv")
+    return len(rows)

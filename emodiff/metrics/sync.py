@@ -1,0 +1,177 @@
+"""Lip sync: SyncNet (Chung & Zisserman 2016, "Out of time") LSE-D / LSE-C, as reported by Wav2Lip and
+the talking-head papers.
+
+`SyncNet` is our definition of the released "S" network, in the layer layout of the official
+`syncnet_v2.model` state dict (`netcnnaud`, `netfcaud`, `netcnnlip`, `netfclip`), so those weights load with
+`SyncNet.from_syncnet_v2(path)` (`torch.load(weights_only=True)`, strict shape check); widths and the crop
+size are configurable (tests train a tiny one). Inputs follow the official evaluation: 25 fps face crops,
+BGR, 0–255, windows of 5 frames (image_size², default 224); MFCCs (13 × 20 = 0.2 s, `mfcc` below) of
+16-bit-scaled 16 kHz audio. Embeddings are not normalised.
+
+Scoring (official `calc_pdist`): the audio embeddings are padded with 15 zero vectors on each side; for every
+lag d in [−15, 15] the distance between video window i and audio window i + d is averaged over i. LSE-D is
+the smallest mean distance, LSE-C (confidence) the median minus that minimum, and `offset` the minimising d
+(the audio lags the video by `offset` frames; the official script prints −d).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from scipy.fft import dct
+from torch import nn
+
+from emodiff.errors import EmodiffError
+
+SAMPLE_RATE = 16000
+FPS = 25
+MFCC_PER_FRAME = 4  # 100 Hz MFCCs at 25 fps
+WINDOW_FRAMES = 5
+MAX_OFFSET = 15
+
+
+def mfcc(audio16k: np.ndarray) -> np.ndarray:
+    """MFCCs (steps, 13) at 100 Hz with the conventions of python_speech_features (used by SyncNet): audio
+    scaled to 16-bit integers, pre-emphasis 0.97, 25 ms rectangular frames without centring, 512-point power
+    spectrum / 512, 26 triangular HTK-mel filters on FFT bins, log, orthonormal DCT-II, lifter 22, and
+    coefficient 0 replaced by the log frame energy."""
+    signal = np.asarray(audio16k, dtype=np.float64) * 32768.0
+    signal = np.append(signal[:1], signal[1:] - 0.97 * signal[:-1])
+    frame_len, step, nfft = 400, 160, 512
+    n = 1 if len(signal) <= frame_len else 1 + int(np.ceil((len(signal) - frame_len) / step))
+    signal = np.pad(signal, (0, (n - 1) * step + frame_len - len(signal)))
+    frames = signal[np.arange(frame_len)[None, :] + step * np.arange(n)[:, None]]
+    power = np.abs(np.fft.rfft(frames, nfft)) ** 2 / nfft
+    energy = power.sum(axis=1)
+    mel_points = np.linspace(0.0, 2595 * np.log10(1 + (SAMPLE_RATE / 2) / 700), 26 + 2)
+    bins = np.floor((nfft + 1) * 700 * (10 ** (mel_points / 2595) - 1) / SAMPLE_RATE).astype(int)
+    bank = np.zeros((26, nfft // 2 + 1))
+    for j in range(26):
+        lo, mid, hi = bins[j], bins[j + 1], bins[j + 2]
+        bank[j, lo:mid] = (np.arange(lo, mid) - lo) / (mid - lo)
+        bank[j, mid:hi] = (hi - np.arange(mid, hi)) / (hi - mid)
+    eps = np.finfo(float).eps
+    feats = np.log(np.maximum(power @ bank.T, eps))
+    ceps = dct(feats, type=2, axis=1, norm="ortho")[:, :13]
+    ceps *= 1 + 11.0 * np.sin(np.pi * np.arange(13) / 22)
+    ceps[:, 0] = np.log(np.maximum(energy, eps))
+    return ceps.astype(np.float32)
+
+
+def _lip_feature_size(image_size: int) -> int:
+    """Spatial size reaching the last lip convolution (6 for 224² crops)."""
+    size = (image_size - 7) // 2 + 1  # conv 7×7 / 2
+    size = (size - 3) // 2 + 1  # pool 3 / 2
+    size = (size + 2 - 5) // 2 + 1  # conv 5×5 / 2, padding 1
+    size = (size + 2 - 3) // 2 + 1  # pool 3 / 2, padding 1
+    size = (size - 3) // 2 + 1  # pool 3 / 2 after three 3×3 convolutions
+    if size < 1:
+        raise EmodiffError(f"SyncNet crops of {image_size}² are too small; use at least 64².")
+    return size
+
+
+def _bn_relu(conv: nn.Module, channels: int, norm: type[nn.Module]) -> list[nn.Module]:
+    return [conv, norm(channels), nn.ReLU()]
+
+
+class SyncNet(ModelMixin, ConfigMixin):
+    """SyncNet "S": audio (B, 1, 13, 20) and lip (B, 3, 5, S, S) streams → embeddings (B, embed_dim)."""
+
+    @register_to_config
+    def __init__(self, image_size: int = 224, audio_channels: tuple[int, ...] = (64, 192, 384, 256, 256, 512),
+                 lip_channels: tuple[int, ...] = (96, 256, 256, 256, 256, 512), embed_dim: int = 1024) -> None:
+        super().__init__()
+        a, v = tuple(audio_channels), tuple(lip_channels)
+        self.netcnnaud = nn.Sequential(
+            *_bn_relu(nn.Conv2d(1, a[0], 3, padding=1), a[0], nn.BatchNorm2d), nn.MaxPool2d(1, 1),
+            *_bn_relu(nn.Conv2d(a[0], a[1], 3, padding=1), a[1], nn.BatchNorm2d), nn.MaxPool2d(3, (1, 2)),
+            *_bn_relu(nn.Conv2d(a[1], a[2], 3, padding=1), a[2], nn.BatchNorm2d),
+            *_bn_relu(nn.Conv2d(a[2], a[3], 3, padding=1), a[3], nn.BatchNorm2d),
+            *_bn_relu(nn.Conv2d(a[3], a[4], 3, padding=1), a[4], nn.BatchNorm2d), nn.MaxPool2d(3, 2),
+            *_bn_relu(nn.Conv2d(a[4], a[5], (5, 4)), a[5], nn.BatchNorm2d))
+        self.netcnnlip = nn.Sequential(
+            *_bn_relu(nn.Conv3d(3, v[0], (5, 7, 7), (1, 2, 2)), v[0], nn.BatchNorm3d), nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
+            *_bn_relu(nn.Conv3d(v[0], v[1], (1, 5, 5), (1, 2, 2), (0, 1, 1)), v[1], nn.BatchNorm3d),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+            *_bn_relu(nn.Conv3d(v[1], v[2], (1, 3, 3), padding=(0, 1, 1)), v[2], nn.BatchNorm3d),
+            *_bn_relu(nn.Conv3d(v[2], v[3], (1, 3, 3), padding=(0, 1, 1)), v[3], nn.BatchNorm3d),
+            *_bn_relu(nn.Conv3d(v[3], v[4], (1, 3, 3), padding=(0, 1, 1)), v[4], nn.BatchNorm3d),
+            nn.MaxPool3d((1, 3, 3), (1, 2, 2)),
+            *_bn_relu(nn.Conv3d(v[4], v[5], (1, *(2 * (_lip_feature_size(image_size),)))), v[5], nn.BatchNorm3d))
+        self.netfcaud = nn.Sequential(*_bn_relu(nn.Linear(a[5], a[5]), a[5], nn.BatchNorm1d), nn.Linear(a[5], embed_dim))
+        self.netfclip = nn.Sequential(*_bn_relu(nn.Linear(v[5], v[5]), v[5], nn.BatchNorm1d), nn.Linear(v[5], embed_dim))
+
+    def embed_audio(self, mfccs: torch.Tensor) -> torch.Tensor:
+        return self.netfcaud(self.netcnnaud(mfccs).flatten(1))
+
+    def embed_lips(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.netfclip(self.netcnnlip(clips).flatten(1))
+
+    @classmethod
+    def from_syncnet_v2(cls, path: str | Path) -> "SyncNet":
+        """The official network from its released state dict (`syncnet_v2.model`)."""
+        from emodiff.metrics.lpips import load_state_dict
+
+        model = cls()
+        state = load_state_dict(path)
+        expected = model.state_dict()
+        wrong = [k for k, v in expected.items() if k not in state or state[k].shape != v.shape]
+        if wrong:
+            raise EmodiffError(f"{path} is not a syncnet_v2 state dict: missing or mis-shaped {', '.join(wrong[:3])}.")
+        model.load_state_dict({k: state[k] for k in expected})
+        return model.eval()
+
+
+def sync_windows(frames: np.ndarray, audio16k: np.ndarray, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Model inputs for every start frame i of a 25 fps video: lip clips (N, 3, 5, S, S) of frames i..i+4
+    (whole face crops, BGR, 0–255) and the MFCC windows (N, 1, 13, 20) of the same 0.2 s."""
+    coeffs = mfcc(audio16k)
+    n = min(len(frames), len(coeffs) // MFCC_PER_FRAME) - WINDOW_FRAMES + 1
+    if n < 1:
+        raise EmodiffError(f"Sync needs at least {WINDOW_FRAMES} frames with audio.")
+    crops = np.stack([cv2.resize(cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2BGR), (image_size, image_size),
+                                 interpolation=cv2.INTER_AREA) for f in frames[: n + WINDOW_FRAMES - 1]])
+    video = torch.from_numpy(crops).float().permute(3, 0, 1, 2)  # (3, T, S, S)
+    lips = torch.stack([video[:, i:i + WINDOW_FRAMES] for i in range(n)])
+    audio = torch.from_numpy(coeffs).T  # (13, steps)
+    span = WINDOW_FRAMES * MFCC_PER_FRAME
+    mfccs = torch.stack([audio[None, :, i * MFCC_PER_FRAME:i * MFCC_PER_FRAME + span] for i in range(n)])
+    return lips, mfccs
+
+
+@dataclass
+class SyncScores:
+    offset: int  # audio lag (frames) with the smallest mean distance
+    lse_d: float  # mean distance at that lag (lower = better sync)
+    lse_c: float  # median − minimum of the mean distances over lags (higher = more confident sync)
+    mean_distances: np.ndarray  # (2·max_offset + 1,) for lags −max_offset..max_offset
+
+
+def score_embeddings(lip_emb: torch.Tensor, audio_emb: torch.Tensor, max_offset: int = MAX_OFFSET) -> SyncScores:
+    """LSE-D / LSE-C / offset from per-window embeddings (N, D), audio padded with zeros (official rule)."""
+    padded = nn.functional.pad(audio_emb, (0, 0, max_offset, max_offset))
+    n = len(lip_emb)
+    dist = np.array([float((lip_emb - padded[d + max_offset:d + max_offset + n]).norm(dim=1).mean())
+                     for d in range(-max_offset, max_offset + 1)])
+    best = int(dist.argmin())
+    return SyncScores(offset=best - max_offset, lse_d=float(dist[best]), lse_c=float(np.median(dist) - dist[best]),
+                      mean_distances=dist)
+
+
+@torch.no_grad()
+def sync_scores(model: SyncNet, frames: np.ndarray, audio16k: np.ndarray, fps: float,
+                max_offset: int = MAX_OFFSET, batch_size: int = 32) -> SyncScores:
+    """SyncNet LSE-D / LSE-C of a 25 fps video (aligned face crops uint8 (T, S, S, 3)) and its 16 kHz audio."""
+    if round(fps) != FPS:
+        raise EmodiffError(f"SyncNet scores need {FPS} fps videos; evaluate with --fps {FPS}.")
+    model.eval()
+    lips, mfccs = sync_windows(frames, audio16k, model.config.image_size)
+    lip_emb = torch.cat([model.embed_lips(b.to(model.device)).cpu() for b in lips.split(batch_size)])
+    audio_emb = torch.cat([model.embed_audio(b.to(model.device)).cpu() for b in mfccs.split(batch_size)])
+    return score_embeddings(lip_emb, audio_emb, max_offset)

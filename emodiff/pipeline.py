@@ -1,0 +1,343 @@
+"""`EmoDiffPipeline`: identity image + speech + emotion + intensity schedule → talking-head frames (paper §3.4).
+
+Inference as in EMOdiffhead §3.4 / DESIGN §5.4: the identity image is aligned with the prepare code, the
+ReferenceNet features of the identity are computed **once** per video, and the frames are generated
+autoregressively — frame i is denoised from x_T with the motion frames x^(i−2), x^(i−1) set to the two previous
+outputs (the identity image before the first frame), the audio window a^(i−n..i+n) and the expression window
+e_o^(i−n..i+n), where e_o = e_n + k·(e_y − e_n) (eq. 14–15, corrected direction; `emodiff.control`). An
+optional RRDBNet super-resolves each output frame. Classifier-free guidance for audio and expression runs in
+the same batch as the conditional prediction, and several videos are sampled as one batch.
+
+On disk the pipeline is a diffusers-style folder: `model_index.json` (pipeline settings and, per component,
+`[module, class]`) and one subfolder per component written by its own `save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from tqdm.auto import tqdm
+
+from emodiff import __version__
+from emodiff.control import expression_condition, parse_emotions, parse_intensity
+from emodiff.data.datasets import frames_to_tensor, window_indices
+from emodiff.data.labels import EMOTIONS, NEUTRAL
+from emodiff.data.store import ClipStore
+from emodiff.diffusion.schedulers import make_scheduler, scheduler_model_output
+from emodiff.errors import EmodiffError
+
+# command-line sampler names -> `make_scheduler` names
+SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpmsolver++"}
+COMPONENTS = ("unet", "reference_net", "expression_reference", "expression_generator",
+              "intensity_predictor", "super_resolution")
+OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_resolution")
+SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model")
+_LOADABLE_PACKAGE = "emodiff."  # model_index.json may only name classes of this package
+
+
+class ExpressionReference(ModelMixin, ConfigMixin):
+    """The neutral expression e_n (D,) and one target expression e_y (D,) per emotion (eq. 14–15).
+
+    They are e_n and e_y when the pipeline has no expression generator (with one, G synthesises both).
+    """
+
+    @register_to_config
+    def __init__(self, expression_dim: int = 50, num_emotions: int = len(EMOTIONS)) -> None:
+        super().__init__()
+        self.register_buffer("neutral", torch.zeros(expression_dim))
+        self.register_buffer("targets", torch.zeros(num_emotions, expression_dim))
+
+    @classmethod
+    def from_store(cls, store: ClipStore) -> "ExpressionReference":
+        """e_n = mean expression of the neutral clips; e_y = mean expression of emotion y at its strongest level."""
+        per_emotion: dict[str, list[np.ndarray]] = {name: [] for name in EMOTIONS}
+        strongest: dict[str, int] = {}
+        clips = [store.clip(i) for i in store.clip_ids()]
+        for clip in clips:
+            if clip.emotion in per_emotion:
+                strongest[clip.emotion] = max(strongest.get(clip.emotion, 0), clip.level or 0)
+        for clip in clips:
+            if clip.emotion in per_emotion and (clip.emotion == "neutral" or (clip.level or 0) == strongest[clip.emotion]):
+                per_emotion[clip.emotion].append(np.asarray(clip.expression, dtype=np.float32))
+        if not per_emotion["neutral"]:
+            raise EmodiffError(f"The store {store.root} has no neutral clips to take the neutral expression from.")
+        neutral = np.concatenate(per_emotion["neutral"]).mean(0)
+        reference = cls(expression_dim=len(neutral))
+        reference.neutral.copy_(torch.from_numpy(neutral))
+        for e, name in enumerate(EMOTIONS):
+            if per_emotion[name]:
+                reference.targets[e].copy_(torch.from_numpy(np.concatenate(per_emotion[name]).mean(0)))
+            else:
+                reference.targets[e].copy_(reference.neutral)
+        return reference
+
+
+@dataclass
+class VideoConditions:
+    """Everything the denoiser needs for one video of T frames (the outputs of `EmoDiffPipeline.conditions`)."""
+
+    identity: torch.Tensor    # (3, R, R) aligned identity crop in [-1, 1]
+    audio: torch.Tensor       # (T, F) frame-aligned audio features
+    expression: torch.Tensor  # (T, D) e_o per frame
+    intensity: torch.Tensor   # (T,) k per frame
+    emotion_weights: torch.Tensor  # (T, len(EMOTIONS)) emotion mix per frame (a timeline cross-fades)
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.audio)
+
+
+class EmoDiffPipeline:
+    """Composes audio features, expression targets/generator, intensity schedule or predictor, ReferenceNet,
+    denoiser, scheduler and optional super-resolution into frame-by-frame sampling (paper §3.4)."""
+
+    def __init__(self, unet: ModelMixin, reference_net: ModelMixin, expression_reference: ExpressionReference,
+                 expression_generator: ModelMixin | None = None, intensity_predictor: ModelMixin | None = None,
+                 super_resolution: ModelMixin | None = None, *, diffusion: dict, resolution: int, window: int = 2,
+                 fps: float = 25.0, audio_features: str = "mel", audio_model: str | None = None) -> None:
+        """`diffusion` is the training config's diffusion section (beta_schedule, num_train_timesteps): the
+        sampler of each call is made from it by `make_scheduler`, so DDPM, DDIM and DPM-Solver++ share its β_t."""
+        self.unet = unet
+        self.reference_net = reference_net
+        self.expression_reference = expression_reference
+        self.expression_generator = expression_generator
+        self.intensity_predictor = intensity_predictor
+        self.super_resolution = super_resolution
+        self.settings = {"diffusion": {key: diffusion[key] for key in ("beta_schedule", "num_train_timesteps")},
+                         "resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features,
+                         "audio_model": audio_model}
+
+    # ----------------------------------------------------------------------------------------- storage
+    def components(self) -> dict[str, object | None]:
+        return {name: getattr(self, name) for name in COMPONENTS}
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write `model_index.json` and one `save_pretrained` subfolder per present component."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        index: dict[str, object] = {"_class_name": type(self).__name__, "_emodiff_version": __version__, **self.settings}
+        for name, component in self.components().items():
+            if component is None:
+                index[name] = [None, None]
+                continue
+            component.save_pretrained(directory / name)
+            index[name] = [type(component).__module__, type(component).__name__]
+        tmp = directory / "model_index.json.tmp"
+        tmp.write_text(json.dumps(index, indent=2))
+        tmp.replace(directory / "model_index.json")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "EmoDiffPipeline":
+        """Load a folder written by `save_pretrained`; a missing or broken folder is one clear sentence."""
+        directory = Path(directory)
+        index_path = directory / "model_index.json"
+        if not index_path.is_file():
+            raise EmodiffError(f"No emodiff pipeline at {directory}: model_index.json is missing.")
+        try:
+            index = json.loads(index_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise EmodiffError(f"{index_path} is not valid JSON ({err}).") from err
+        components = {}
+        for name in COMPONENTS:
+            module_name, class_name = index.get(name) or [None, None]
+            if module_name is None:
+                if name not in OPTIONAL_COMPONENTS:
+                    raise EmodiffError(f"The pipeline at {directory} has no {name}, which sampling needs.")
+                components[name] = None
+                continue
+            if not module_name.startswith(_LOADABLE_PACKAGE):
+                raise EmodiffError(f"{index_path} names {module_name}.{class_name} for {name}; only emodiff classes load.")
+            try:
+                component_cls = getattr(importlib.import_module(module_name), class_name)
+                components[name] = component_cls.from_pretrained(directory / name)
+            except (OSError, ValueError, KeyError, AttributeError, RuntimeError, ImportError, TypeError) as err:
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise EmodiffError(f"Cannot load the {name} of the pipeline at {directory}: {reason}") from err
+        settings = {key: index[key] for key in SETTINGS if key in index}
+        if "diffusion" not in settings or "resolution" not in settings:
+            raise EmodiffError(f"{index_path} lacks the diffusion and resolution settings of the pipeline.")
+        pipeline = cls(**components, **settings)
+        for module in pipeline.modules():
+            module.eval()
+        return pipeline
+
+    @classmethod
+    def from_training(cls, denoiser_dir: str | Path, store: ClipStore, expression_generator: ModelMixin | None = None,
+                      intensity_predictor: ModelMixin | None = None) -> "EmoDiffPipeline":
+        """Assemble a pipeline from an `emodiff train denoiser` folder (config.yaml, unet/, reference_net/) and the
+        store it was trained on, which gives e_n and e_y, the fps and the audio feature kind."""
+        from omegaconf import OmegaConf
+
+        from emodiff.models.reference_net import ReferenceNet
+        from emodiff.models.unet import DenoisingUNet
+
+        denoiser_dir = Path(denoiser_dir)
+        if not (denoiser_dir / "config.yaml").is_file() or not (denoiser_dir / "unet").is_dir():
+            raise EmodiffError(f"{denoiser_dir} is not a finished denoiser training folder (config.yaml, unet/).")
+        config = OmegaConf.load(denoiser_dir / "config.yaml")
+        meta = store.clip(store.clip_ids()[0]).meta
+        audio = meta.get("audio_features") or {}
+        return cls(DenoisingUNet.from_pretrained(denoiser_dir / "unet").eval(),
+                   ReferenceNet.from_pretrained(denoiser_dir / "reference_net").eval(),
+                   ExpressionReference.from_store(store), expression_generator, intensity_predictor,
+                   diffusion=OmegaConf.to_container(config.diffusion), resolution=config.data.resolution,
+                   window=config.data.window, fps=meta.get("fps", 25.0), audio_features=audio.get("kind", "mel"),
+                   audio_model=audio.get("model"))
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [c for c in self.components().values() if isinstance(c, torch.nn.Module)]
+
+    def to(self, device: torch.device | str) -> "EmoDiffPipeline":
+        for module in self.modules():
+            module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    # ------------------------------------------------------------------------------------ conditions
+    @torch.no_grad()
+    def expression_sequence(self, emotion_weights: np.ndarray, intensity: np.ndarray, seed: int = 0) -> np.ndarray:
+        """e_o (T, D) per frame: e_n + k·(e_y − e_n) (eq. 14–15), e_y mixed over the emotion weights (T, E).
+
+        With an expression generator G (paper §3.3), e_n and each present emotion's e_y are sequences that G
+        synthesises from one shared noise z (so they differ only by the emotion); otherwise they are the stored
+        neutral expression and per-emotion targets.
+        """
+        n_frames = len(emotion_weights)
+        reference = self.expression_reference
+        neutral = reference.neutral.cpu().numpy()
+        targets = reference.targets.cpu().numpy()[:, None].repeat(n_frames, 1)  # (E, T, D)
+        generator_model = self.expression_generator
+        if generator_model is not None:
+            emotions = [NEUTRAL, *(int(e) for e in np.flatnonzero(emotion_weights.any(0)) if e != NEUTRAL)]
+            z = generator_model.sample_noise(1, n_frames, torch.Generator().manual_seed(seed))
+            sequences = generator_model(torch.tensor(emotions, device=generator_model.device),
+                                        z.expand(len(emotions), -1, -1)).float().cpu().numpy()
+            neutral = sequences[0]
+            targets[emotions] = sequences
+        return expression_condition(neutral, targets, emotion_weights, intensity)
+
+    def conditions(self, identity_image: np.ndarray, audio: np.ndarray, emotion: str, intensity: str | float,
+                   *, interpolation: str = "linear", seed: int = 0) -> VideoConditions:
+        """Align the identity image, extract the audio features and build the per-frame expression condition.
+
+        `emotion` is a name or a timeline (`"happy@0,surprised@2"`), `intensity` a `parse_intensity` SPEC.
+        The video has one frame per audio-feature row, T = round(duration × fps).
+        """
+        from emodiff.data.align import align_image  # imports mediapipe: only when an image is aligned
+        from emodiff.data.audio_features import check_speech, extract_audio_features
+
+        fps, resolution = self.settings["fps"], self.settings["resolution"]
+        check_speech(audio)
+        features = extract_audio_features(audio, fps, kind=self.settings["audio_features"],
+                                          model=self.settings["audio_model"])
+        n_frames = len(features)
+        weights = parse_emotions(emotion, n_frames, fps).weights(n_frames, fps)
+        k = parse_intensity(intensity, n_frames, fps, interpolation=interpolation, audio_features=features,
+                            predictor=self.intensity_predictor)
+        crop = align_image(identity_image, resolution)
+        return VideoConditions(
+            identity=frames_to_tensor(crop),
+            audio=torch.as_tensor(np.asarray(features, dtype=np.float32)),
+            expression=torch.as_tensor(self.expression_sequence(weights, k, seed), dtype=torch.float32),
+            intensity=torch.as_tensor(k, dtype=torch.float32),
+            emotion_weights=torch.as_tensor(weights),
+        )
+
+    # -------------------------------------------------------------------------------------- sampling
+    def make_sampler(self, sampler: str, steps: int) -> SchedulerMixin:
+        """A diffusers scheduler of the requested kind with the trained β schedule (validates `steps`)."""
+        if sampler not in SAMPLERS:
+            raise EmodiffError(f"Unknown sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+        if steps < 1:
+            raise EmodiffError(f"The number of sampling steps must be at least 1, not {steps}.")
+        return make_scheduler(SAMPLERS[sampler], self.settings["diffusion"])
+
+    def _guided_prediction(self, x: torch.Tensor, t: torch.Tensor, rows: list[tuple[bool, bool]],
+                           inputs: dict[str, object], cfg_audio: float, cfg_expression: float) -> torch.Tensor:
+        """One batched UNet call over the guidance rows (`inputs` already repeated per row, with the keep masks),
+        combined as ε = ε(∅,∅) + s_a·(ε(a,∅) − ε(∅,∅)) + s_e·(ε(a,e) − ε(a,∅)); the variance comes from ε(a,e)."""
+        model_input = x if len(rows) == 1 else x.repeat(len(rows), 1, 1, 1)
+        out = self.unet(model_input, t, **inputs).float()
+        if len(rows) == 1:
+            return out
+        out = dict(zip(rows, out.chunk(len(rows))))
+        full = out[(True, True)]
+        eps = full[:, :3]
+        if cfg_expression != 1.0:
+            eps = eps + (cfg_expression - 1.0) * (full[:, :3] - out[(True, False)][:, :3])
+        if cfg_audio != 1.0:
+            eps = eps + (cfg_audio - 1.0) * (out[(True, False)][:, :3] - out[(False, False)][:, :3])
+        return torch.cat([eps, full[:, 3:]], 1)
+
+    @torch.no_grad()
+    def sample(self, videos: Sequence[VideoConditions], steps: int = 25, sampler: str = "ddim",
+               cfg_audio: float = 1.0, cfg_expression: float = 1.0, seeds: Sequence[int] | None = None,
+               progress: bool = True) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
+        """Generate the videos frame by frame as one batch; yields (i, {video number: frame (3, H, W) in [-1, 1]}).
+
+        Only the two previous outputs per video are kept, so memory does not grow with the length.
+        Each video draws its noise from its own generator seeded by `seeds[v]`, so a video is the same
+        whether it is sampled alone or in a batch. Videos that end drop out of the batch. Besides the
+        windows, the UNet gets each frame's dominant emotion and k, which the intensity-control encoder
+        variants (renorm, concat, scaling; framewise paper Table 3) use instead of the expression window.
+        """
+        device, dtype = self.device, self.unet.dtype
+        scheduler = self.make_sampler(sampler, steps)
+        seeds = list(seeds) if seeds is not None else [0] * len(videos)
+        generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+        rows = [(True, True)]
+        if cfg_expression != 1.0 or cfg_audio != 1.0:
+            rows.append((True, False))
+        if cfg_audio != 1.0:
+            rows.append((False, False))
+        def per_row(value: torch.Tensor) -> torch.Tensor:  # one copy of a batch per guidance row
+            return value.repeat(len(rows), *[1] * (value.dim() - 1))
+
+        n = self.settings["window"]
+        identity = torch.stack([v.identity for v in videos]).to(device, dtype)
+        reference_features = self.reference_net(identity)  # once per video, reused for every frame and step
+        previous = [identity, identity]  # x^(i-2), x^(i-1): the identity image before the first frame
+        lengths = [v.n_frames for v in videos]
+        for i in tqdm(range(max(lengths)), desc="sampling frames", unit="frame", disable=not progress):
+            active = [v for v in range(len(videos)) if i < lengths[v]]
+            index = torch.tensor(active, device=device)
+            windows = [window_indices(i, n, lengths[v]) for v in active]
+            conditions = {
+                "identity": identity[index],
+                "motion": torch.cat([previous[0][index], previous[1][index]], 1),
+                "audio": torch.stack([videos[v].audio[w] for v, w in zip(active, windows)]).to(device, dtype),
+                "expression": torch.stack([videos[v].expression[w] for v, w in zip(active, windows)]).to(device, dtype),
+                "emotion": torch.stack([videos[v].emotion_weights[i].argmax() for v in active]).to(device),
+                "intensity": torch.stack([videos[v].intensity[i] for v in active]).to(device, dtype),
+            }
+            inputs = {key: per_row(value) for key, value in conditions.items()}
+            inputs["reference_features"] = [per_row(f[index]) for f in reference_features]
+            keep = torch.tensor(rows, device=device).repeat_interleave(len(active), 0)
+            inputs.update(audio_keep=keep[:, 0], expression_keep=keep[:, 1])
+            frame_generators = [generators[v] for v in active]
+            x = torch.stack([torch.randn(identity.shape[1:], generator=g, device=device) for g in frame_generators])
+            x = x * scheduler.init_noise_sigma
+            scheduler.set_timesteps(steps, device=device)  # also resets multistep state between frames
+            for t in scheduler.timesteps:
+                model_input = scheduler.scale_model_input(x, t).to(dtype)
+                prediction = self._guided_prediction(model_input, t, rows, inputs, cfg_audio, cfg_expression)
+                x = scheduler.step(scheduler_model_output(scheduler, prediction), t, x, generator=frame_generators).prev_sample
+            frames = x.clamp(-1, 1)
+            new = torch.zeros_like(identity)
+            new[index] = frames.to(dtype)
+            previous = [previous[1], new]
+            if self.super_resolution is not None:
+                frames = self.super_resolution.upscale(frames)
+            yield i, {v: frames[j] for j, v in enumerate(active)}

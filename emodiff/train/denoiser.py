@@ -1,0 +1,151 @@
+"""Train the denoiser (UNet + ReferenceNet) on a clip store with the loss of eq. 16.
+
+One `accelerate` loop driven by a YAML config (configs/denoiser_base.yaml, configs/denoiser_tiny.yaml):
+mixed precision, gradient accumulation and checkpointing, EMA, AdamW with linear warm-up, condition
+dropout for classifier-free guidance, validation strips, and the shared run infrastructure of
+`emodiff.train.common` (checkpoints with exact `--resume`, logs, NaN/inf guard). The EMA weights are
+saved with `save_pretrained` to <output-dir>/unet and <output-dir>/reference_net.
+
+    emodiff train denoiser --config configs/denoiser_tiny.yaml --store STORE --output-dir DIR [--resume latest]
+    accelerate launch --config_file accelerate_config.yaml -m emodiff.train.denoiser --config ... --store ... --output-dir ...
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import extract_model_from_parallel
+from diffusers.training_utils import EMAModel
+from matplotlib import image as mpimg
+from omegaconf import DictConfig, OmegaConf
+
+from emodiff.data.datasets import FrameDataset
+from emodiff.diffusion.gaussian import GaussianDiffusion
+from emodiff.diffusion.sampling import denoise_frames
+from emodiff.diffusion.schedulers import make_scheduler
+from emodiff.errors import EmodiffError
+from emodiff.models.reference_net import ReferenceNet
+from emodiff.models.unet import DenoisingUNet
+from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
+                                  optimizer_step, run_as_module, warmup)
+
+
+def compute_losses(batch: dict[str, torch.Tensor], unet: torch.nn.Module, reference_net: torch.nn.Module,
+                   diffusion: GaussianDiffusion, config: DictConfig) -> dict[str, torch.Tensor]:
+    """Batch means of the eq. 16 terms for random timesteps, noise and condition dropout; with an
+    expression encoder that has `norm_loss` (renorm), "loss" also holds λ_norm·L_norm."""
+    x0 = batch["target"]
+    b = x0.shape[0]
+    t = torch.randint(0, diffusion.num_timesteps, (b,), device=x0.device)
+    noise = torch.randn_like(x0)
+    x_t = diffusion.q_sample(x0, t, noise)
+    audio_keep = torch.rand(b, device=x0.device) >= config.train.audio_drop
+    expression_keep = torch.rand(b, device=x0.device) >= config.train.expression_drop
+    out = unet(x_t, t, identity=batch["identity"], motion=batch["motion"], audio=batch["audio"],
+               expression=batch["expression"], reference_features=reference_net(batch["identity"]),
+               emotion=batch["emotion"], intensity=batch["intensity"], audio_keep=audio_keep,
+               expression_keep=expression_keep)
+    d = config.diffusion
+    losses = diffusion.training_losses(out.float(), x0, x_t, t, noise, lambda_vlb=d.lambda_vlb,
+                                       mouth_mask=batch["mouth_mask"], eye_mask=batch["eye_mask"],
+                                       lambda_lip=d.lambda_lip, lambda_eye=d.lambda_eye)
+    losses = {k: v.mean() for k, v in losses.items()}
+    encoder = extract_model_from_parallel(unet).expression_embedding
+    if hasattr(encoder, "norm_loss"):  # the renorm variant's L_norm (framewise intensity paper eq. 2)
+        losses["norm"] = encoder.norm_loss(batch["emotion"])
+        losses["loss"] = losses["loss"] + d.lambda_norm * losses["norm"]
+    return losses
+
+
+@torch.no_grad()
+def write_validation_strip(unet: DenoisingUNet, reference_net: ReferenceNet, dataset: FrameDataset,
+                           config: DictConfig, path: Path, device: torch.device) -> None:
+    """Real frames (top row) and frames sampled with a few scheduler steps (bottom row) as one PNG."""
+    n = config.validation.frames
+    items = [dataset[int(i)] for i in np.linspace(0, len(dataset) - 1, n).astype(int)]
+    batch = {k: torch.stack([item[k] for item in items]).to(device) for k in items[0]}
+    scheduler = make_scheduler(config.validation.sampler, config.diffusion)
+    sampled = denoise_frames(unet, scheduler, batch["identity"], batch["motion"], batch["audio"], batch["expression"],
+                             reference_net(batch["identity"]), config.validation.steps,
+                             generator=torch.Generator(device).manual_seed(0), emotion=batch["emotion"],
+                             intensity=batch["intensity"])
+    rows = [torch.cat(list(images), dim=2) for images in (batch["target"], sampled)]
+    strip = ((torch.cat(rows, dim=1).permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).clip(0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mpimg.imsave(path, strip.astype(np.uint8))
+
+
+def train(config: DictConfig, resume: str | None = None) -> Path:
+    """Run (or continue) training; returns the output folder holding unet/ and reference_net/."""
+    tc = config.train
+    try:
+        dataset = FrameDataset(config.data.store, window=config.data.window, resolution=config.data.resolution,
+                               seed=config.seed)
+    except ValueError as err:
+        raise EmodiffError(f"cannot train the denoiser on {config.data.store}: {err}.") from err
+    training = TrainingRun(config, "denoiser", resume, gradient_accumulation_steps=tc.gradient_accumulation_steps)
+    accelerator = training.accelerator
+    first = dataset.clips[0]
+    unet = DenoisingUNet(sample_size=config.data.resolution, window=config.data.window,
+                         audio_dim=first.audio_feats.shape[1], expression_dim=first.expression.shape[1],
+                         **OmegaConf.to_container(config.unet))
+    reference_net = ReferenceNet.matching(unet)
+    if tc.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        reference_net.enable_gradient_checkpointing()
+    parameters = list(unet.parameters()) + list(reference_net.parameters())
+    ema = EMAModel(parameters, decay=tc.ema_decay)
+    optimizer = torch.optim.AdamW(parameters, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    unet, reference_net, optimizer = accelerator.prepare(unet, reference_net, optimizer)
+    ema.to(accelerator.device)
+    diffusion = GaussianDiffusion.from_config(config.diffusion)
+
+    start, state, tensors = training.resume()
+    if "ema" in tensors:
+        for i, p in enumerate(ema.shadow_params):
+            p.data.copy_(tensors["ema"][str(i)].to(p.device))
+        ema.optimization_step = state["ema_optimization_step"]
+    stream = batches(accelerator, dataset, tc.batch_size, config.seed, start * tc.gradient_accumulation_steps,
+                     config.data.num_workers)
+    for step in training.steps(start):
+        lr = tc.learning_rate * warmup(step, tc.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for _ in range(tc.gradient_accumulation_steps):
+            with accelerator.accumulate(unet, reference_net):
+                losses = compute_losses(next(stream), unet, reference_net, diffusion, config)
+                check_finite(accelerator, {"loss": losses["loss"]}, step)
+                optimizer_step(accelerator, optimizer, losses["loss"], parameters, tc.max_grad_norm, step)
+        ema.step(parameters)
+        training.log(step, {**{f"loss/{k}": v for k, v in losses.items()}, "lr": lr}, show=("loss/loss",))
+        if training.checkpoint_due(step):
+            training.save_checkpoint(step, state={"ema_optimization_step": ema.optimization_step},
+                                     tensors={"ema": {str(i): p for i, p in enumerate(ema.shadow_params)}})
+        if step % tc.validate_every == 0 and accelerator.is_main_process:
+            ema.store(parameters)
+            ema.copy_to(parameters)
+            write_validation_strip(accelerator.unwrap_model(unet).eval(), accelerator.unwrap_model(reference_net).eval(),
+                                   dataset, config, training.output_dir / "validation" / f"step_{step:08d}.png",
+                                   accelerator.device)
+            unet.train(), reference_net.train()
+            ema.restore(parameters)
+    ema.copy_to(parameters)
+    training.finish({"unet": unet, "reference_net": reference_net})
+    return training.output_dir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_training_arguments(parser, "denoiser_base.yaml")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = train(config_from_args(args), args.resume)
+    print(f"denoiser saved to {path / 'unet'} and {path / 'reference_net'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_as_module("denoiser")
