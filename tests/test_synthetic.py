@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -147,11 +148,11 @@ def test_a_briefly_trained_readout_recovers_mouth_opening_and_emotion_on_held_ou
     config = OmegaConf.merge(OmegaConf.load(DEFAULT_CONFIG), OmegaConf.create({
         "output_dir": str(tmp_path / "readout"),
         "model": {"resolution": 32, "channels": [16, 32, 32], "hidden": 128},
-        "train": {"steps": 500, "batch_size": 32, "identities_per_batch": 8, "num_workers": 0, "eval_samples": 512},
+        "train": {"max_steps": 500, "batch_size": 32, "identities_per_batch": 8, "num_workers": 0, "eval_samples": 512},
     }))
     out = train(config)
     metrics = json.loads((out / "metrics.json").read_text())
-    # measured after 500 steps: R² mouth_open ≈ 0.73, emotion accuracy ≈ 0.53 (chance 0.125)
+    # measured after 500 steps: R² mouth_open ≈ 0.76, emotion accuracy ≈ 0.52 (chance 0.125)
     assert metrics["r2"]["mouth_open"] > 0.5
     assert metrics["emotion_accuracy_k_ge_0.5"] > 0.35
     readout = ExpressionReadout.from_pretrained(out)
@@ -190,16 +191,17 @@ def test_readout_training_resumes_exactly_from_its_last_checkpoint(tmp_path, mon
     config = OmegaConf.merge(OmegaConf.load(DEFAULT_CONFIG), OmegaConf.create({
         "output_dir": str(tmp_path / "readout"),
         "model": {"resolution": 16, "channels": [8, 8], "hidden": 16},
-        "train": {"steps": 6, "batch_size": 8, "identities_per_batch": 2, "num_workers": 0, "eval_samples": 16,
+        "train": {"max_steps": 6, "batch_size": 8, "identities_per_batch": 2, "num_workers": 0, "eval_samples": 16,
                   "checkpoint_every": 3},
     }))
     out = train(config)
     unbroken = load_file(out / "diffusion_pytorch_model.safetensors")
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000003"]
-    for name in ("diffusion_pytorch_model.safetensors", "config.json", "metrics.json"):
-        (out / name).unlink()  # as if the run had been killed after its checkpoint at step 3
+    shutil.rmtree(out)  # as if the run had been killed after its checkpoint at step 3
+    shutil.rmtree(out.parent / "checkpoints" / "checkpoint-6")
+    with pytest.raises(EmodiffError, match="--resume latest"):
+        train(config)  # a folder with checkpoints is never trained over from scratch
     steps_run = []
     monkeypatch.setattr(readout_training, "augment", lambda images, *args: steps_run.append(1) or augment(images, *args))
-    resumed = load_file(train(config) / "diffusion_pytorch_model.safetensors")
-    assert len(steps_run) == 3  # steps 3, 4, 5 only
+    resumed = load_file(train(config, resume="latest") / "diffusion_pytorch_model.safetensors")
+    assert len(steps_run) == 3  # steps 4, 5, 6 only
     assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)

@@ -1,15 +1,16 @@
 """Train the synthetic world's readout network on faces rendered on the fly (DESIGN §11).
 
-    emodiff train readout [--config configs/readout.yaml] [--output DIR] [key=value ...]
+    emodiff train readout [--config configs/readout.yaml] [--output-dir DIR] [--resume latest] [--set key=value ...]
     accelerate launch -m emodiff.train.readout --config configs/readout.yaml
 
 Every batch shows fresh random identities with random expressions: an emotion at a random
 intensity k, a random mouth opening, and Gaussian spread on all eight parameters so each one is
 learned on its own. Light augmentation (blur, noise, colour, small shifts) makes the readout
 robust to imperfect generated frames. The model is evaluated on identities of another world seed
-(held out) and saved with `save_pretrained`, next to metrics.json (R² per parameter, emotion
-accuracy at k ≥ 0.5). Checkpoints go to <output_dir>/checkpoints/; rerunning the same command
-resumes from the latest one.
+(held out) and saved with `save_pretrained` into <output_dir>/model, next to metrics.json (R² per
+parameter, emotion accuracy at k ≥ 0.5). Checkpoints, logs and resume are those of the shared
+`emodiff.train.common.TrainingRun`; batches and augmentation are functions of the step, so a
+resumed run is exact.
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
-import shutil
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,10 +32,12 @@ from emodiff.data.datasets import frames_to_tensor
 from emodiff.data.labels import EMOTIONS, NEUTRAL
 from emodiff.data.store import write_json_atomic
 from emodiff.data.synthetic import EMOTION_DIRECTIONS, EXPRESSION_PARAMS, MOUTH_OPEN, SyntheticWorld
-from emodiff.errors import EmodiffError
 from emodiff.models.readout import ExpressionReadout
+from emodiff.train.common import (
+    CONFIG_DIR, TrainingRun, check_finite, load_config, optimizer_step, run_as_module, warmup,
+)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "readout.yaml"
+DEFAULT_CONFIG = CONFIG_DIR / "readout.yaml"
 _EVAL_STREAM = 99
 _IDENTITY_RANGE = 2 ** 31
 
@@ -143,62 +143,47 @@ def evaluate_readout(model: ExpressionReadout, world_seed: int, size: int, n_sam
     }
 
 
-def train(config: DictConfig) -> Path:
-    """Run the readout training of `config`; returns the folder of the saved model (+ metrics.json).
-
-    Every `train.checkpoint_every` steps the accelerate state (model, optimizer, schedule) is saved
-    atomically under <output_dir>/checkpoints/; a new run with the same output_dir resumes from the
-    latest one exactly (batches and augmentation are functions of the step).
-    """
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(mixed_precision=config.get("mixed_precision", "no"))
+def train(config: DictConfig, resume: str | None = None) -> Path:
+    """Run (or resume) the readout training of `config` on the shared `TrainingRun`; returns the saved
+    model folder (<output_dir>/model, with metrics.json)."""
+    training = TrainingRun(config, "readout", resume)
+    accelerator = training.accelerator
     tc = config.train
-    torch.manual_seed(config.seed)
     model = ExpressionReadout(**OmegaConf.to_container(config.model))
     size = config.world.get("size") or model.config.resolution
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    warmup = max(1, tc.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(s / tc.steps, 1.0))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup(s + 1, tc.max_steps // 20) * (
+        0.55 + 0.45 * math.cos(math.pi * min(s / tc.max_steps, 1.0))))
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
-    output = Path(config.output_dir)
-    checkpoints = output / "checkpoints"
-    start_step = _resume(accelerator, checkpoints)
+    start = training.resume().step
     faces = RenderedFaces(config.world.seed, size, tc.batch_size, tc.identities_per_batch, tc.expression_spread,
-                          stream_seed=config.seed, process_index=accelerator.process_index, start_step=start_step)
-    loader = DataLoader(faces, batch_size=None, num_workers=tc.num_workers)
+                          stream_seed=config.seed, process_index=accelerator.process_index, start_step=start + 1)
+    stream = iter(DataLoader(faces, batch_size=None, num_workers=tc.num_workers))
     aug = tc.augment
-    progress = tqdm(range(start_step, tc.steps), desc="readout", initial=start_step, total=tc.steps,
-                    disable=not accelerator.is_main_process)
     model.train()
-    for step, batch in zip(progress, loader):
+    for step in training.steps(start):
+        batch = {k: v.to(accelerator.device) for k, v in next(stream).items()}
         generator = torch.Generator().manual_seed(_seed_of(config.seed, accelerator.process_index, step))
-        images = augment(batch["images"].to(accelerator.device), aug.blur, aug.noise, aug.colour, aug.shift, generator)
-        out = model(images)
-        target = batch["expression"].to(accelerator.device)
-        emotion = batch["emotion"].to(accelerator.device)
-        weight = emotion_weights(emotion, batch["intensity"].to(accelerator.device), tc.emotion_full_at)
-        expression_loss = F.mse_loss(out.expression.float(), target)
-        emotion_loss = (F.cross_entropy(out.emotion_logits.float(), emotion, reduction="none") * weight).sum() / weight.sum()
+        out = model(augment(batch["images"], aug.blur, aug.noise, aug.colour, aug.shift, generator))
+        weight = emotion_weights(batch["emotion"], batch["intensity"], tc.emotion_full_at)
+        expression_loss = F.mse_loss(out.expression.float(), batch["expression"])
+        emotion_loss = (F.cross_entropy(out.emotion_logits.float(), batch["emotion"], reduction="none") * weight).sum() / weight.sum()
         loss = expression_loss + tc.emotion_weight * emotion_loss
-        if not torch.isfinite(loss):
-            raise EmodiffError(f"Readout training diverged at step {step} (loss {loss.item()}); the last checkpoint is kept.")
-        accelerator.backward(loss)
-        optimizer.step()
+        check_finite(accelerator, {"readout loss": loss}, step)
+        optimizer_step(accelerator, optimizer, loss, list(model.parameters()), tc.max_grad_norm, step)
         schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0:
-            progress.set_postfix(expression=f"{expression_loss.item():.4f}", emotion=f"{emotion_loss.item():.3f}")
-        if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps:
-            _checkpoint(accelerator, checkpoints, step + 1, tc.keep_checkpoints)
+        training.log(step, {"loss/expression": expression_loss, "loss/emotion": emotion_loss},
+                     show=("loss/expression", "loss/emotion"))
+        if training.checkpoint_due(step):
+            training.save_checkpoint(step)
+    path = training.finish({"model": model})["model"]
     if accelerator.is_main_process:
         readout = accelerator.unwrap_model(model).eval()
         metrics = evaluate_readout(readout, config.world.seed + 1, size, tc.eval_samples, tc.expression_spread)
-        save_readout(readout, output, metrics)
-        accelerator.print(f"readout saved to {output}: R² mouth_open {metrics['r2']['mouth_open']:.3f}, "
+        write_json_atomic(path / "metrics.json", metrics)
+        accelerator.print(f"readout saved to {path}: R² mouth_open {metrics['r2']['mouth_open']:.3f}, "
                           f"emotion accuracy (k ≥ 0.5) {metrics['emotion_accuracy_k_ge_0.5']:.3f}")
-    return output
+    return path
 
 
 def _seed_of(*numbers: int) -> int:
@@ -206,78 +191,24 @@ def _seed_of(*numbers: int) -> int:
     return int(np.random.SeedSequence(list(numbers)).generate_state(1)[0])
 
 
-def _checkpoint(accelerator: Any, checkpoints: Path, step: int, keep: int) -> None:
-    """accelerate save_state (all processes) into a temporary folder renamed to step_<n>; keeps the last `keep`."""
-    tmp = checkpoints / f".step_{step:08d}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        os.replace(tmp, checkpoints / f"step_{step:08d}")
-        for old in sorted(checkpoints.glob("step_*"))[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def _resume(accelerator: Any, checkpoints: Path) -> int:
-    """Load the latest complete checkpoint, if any; returns the step to continue from."""
-    done = sorted(checkpoints.glob("step_*"))
-    if not done:
-        return 0
-    accelerator.load_state(str(done[-1]))
-    accelerator.print(f"resuming from {done[-1]}")
-    return int(done[-1].name.split("_")[1])
-
-
-def save_readout(model: ExpressionReadout, output: Path, metrics: dict[str, Any]) -> None:
-    """save_pretrained + metrics.json into `output` (next to checkpoints/), each file renamed into place."""
-    output.mkdir(parents=True, exist_ok=True)
-    tmp = output / f".model.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    write_json_atomic(tmp / "metrics.json", metrics)
-    for path in tmp.iterdir():
-        os.replace(path, output / path.name)
-    tmp.rmdir()
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="YAML config (default: configs/readout.yaml)")
-    parser.add_argument("--output", type=Path, help="folder for the trained readout (overrides output_dir)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=500")
-
-
-def load_config(args: argparse.Namespace) -> DictConfig:
-    """The YAML config with `--output` and `key=value` overrides applied."""
-    if not Path(args.config).is_file():
-        raise EmodiffError(f"Config file {args.config} does not exist.")
-    config = OmegaConf.load(args.config)
-    try:
-        config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(args.overrides)))
-    except Exception as err:  # omegaconf raises several error types for one bad override
-        raise EmodiffError(f"Bad config override in {args.overrides}: {err}.") from None
-    if args.output is not None:
-        config.output_dir = str(args.output)
-    return config
+    parser.add_argument("--config", type=Path, default=CONFIG_DIR / "readout.yaml", help="YAML config (default configs/readout.yaml)")
+    parser.add_argument("--output-dir", type=Path, help="run folder: checkpoints/, logs/ and model/ (overrides output_dir)")
+    parser.add_argument("--max-steps", type=int, help="override train.max_steps")
+    parser.add_argument("--resume", metavar="latest|CHECKPOINT",
+                        help="continue the run in --output-dir from its newest checkpoint, or from a checkpoint folder")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries, e.g. train.batch_size=32")
 
 
 def run(args: argparse.Namespace) -> int:
-    train(load_config(args))
+    config = load_config(args.config, args.set)
+    if args.output_dir is not None:
+        config.output_dir = str(args.output_dir)
+    if args.max_steps is not None:
+        config.train.max_steps = args.max_steps
+    train(config, args.resume)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emodiff.train.readout", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except EmodiffError as err:
-        print(f"emodiff: error: {err}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    run_as_module("readout")
