@@ -200,6 +200,8 @@ def test_readout_training_resumes_exactly_from_its_last_checkpoint(tmp_path, mon
     shutil.rmtree(out.parent / "checkpoints" / "checkpoint-6")
     with pytest.raises(EmodiffError, match="--resume latest"):
         train(config)  # a folder with checkpoints is never trained over from scratch
+    with pytest.raises(EmodiffError, match="max_steps"):
+        train(OmegaConf.merge(config, {"train": {"steps": 6}}), resume="latest")
     steps_run = []
     monkeypatch.setattr(readout_training, "augment", lambda images, *args: steps_run.append(1) or augment(images, *args))
     resumed = load_file(train(config, resume="latest") / "diffusion_pytorch_model.safetensors")

@@ -32,6 +32,7 @@ from emodiff.data.datasets import frames_to_tensor
 from emodiff.data.labels import EMOTIONS, NEUTRAL
 from emodiff.data.store import write_json_atomic
 from emodiff.data.synthetic import EMOTION_DIRECTIONS, EXPRESSION_PARAMS, MOUTH_OPEN, SyntheticWorld
+from emodiff.errors import EmodiffError
 from emodiff.models.readout import ExpressionReadout
 from emodiff.train.common import (
     CONFIG_DIR, TrainingRun, check_finite, load_config, optimizer_step, run_as_module, warmup,
@@ -146,6 +147,8 @@ def evaluate_readout(model: ExpressionReadout, world_seed: int, size: int, n_sam
 def train(config: DictConfig, resume: str | None = None) -> Path:
     """Run (or resume) the readout training of `config` on the shared `TrainingRun`; returns the saved
     model folder (<output_dir>/model, with metrics.json)."""
+    if "steps" in config.train:
+        raise EmodiffError("The readout config key train.steps is now train.max_steps, as in every stage.")
     training = TrainingRun(config, "readout", resume)
     accelerator = training.accelerator
     tc = config.train
