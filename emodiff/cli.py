@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "schedule": "emodiff.control.preview",
     "sample": "emodiff.sample",
     "synthesize": "emodiff.data.synthetic",
+    "assemble": "emodiff.assemble",
 }
 TRAIN_STAGES: dict[str, str] = {
     "denoiser": "emodiff.train.denoiser",
