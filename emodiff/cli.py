@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "sample": "emodiff.sample",
     "synthesize": "emodiff.data.synthetic",
     "assemble": "emodiff.assemble",
+    "synthetic-run": "emodiff.synthetic_run",
 }
 TRAIN_STAGES: dict[str, str] = {
     "denoiser": "emodiff.train.denoiser",
