@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "synthesize": "emodiff.data.synthetic",
     "assemble": "emodiff.assemble",
     "demo": "emodiff.demo",
+    "synthetic-run": "emodiff.synthetic_run",
 }
 TRAIN_STAGES: dict[str, str] = {
     "denoiser": "emodiff.train.denoiser",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +80,9 @@ def test_without_optional_runs_and_bad_runs_are_one_sentence(runs):
         assemble.assemble(root / "expression", store.root, out)
     assert sorted(p.name for p in out.iterdir()) == before  # the existing folder is untouched
     assert not list(root.glob(".plain.tmp-*"))
+
+
+def test_bundled_demo_checkpoint_loads_complete():
+    demo = EmoDiffPipeline.from_pretrained(Path(assemble.__file__).parent / "assets" / "demo")
+    assert demo.settings["resolution"] == 32 and demo.settings["audio_features"] == "mel"
+    assert all(component is not None for name, component in demo.components().items() if name != "super_resolution")
