@@ -21,6 +21,9 @@ COMMANDS: dict[str, str] = {
     "schedule": "emodiff.control.preview",
     "sample": "emodiff.sample",
     "synthesize": "emodiff.data.synthetic",
+    "assemble": "emodiff.assemble",
+    "demo": "emodiff.demo",
+    "synthetic-run": "emodiff.synthetic_run",
 }
 TRAIN_STAGES: dict[str, str] = {
     "denoiser": "emodiff.train.denoiser",

@@ -229,13 +229,13 @@ class EmoDiffPipeline:
         return expression_condition(neutral, targets, emotion_weights, intensity)
 
     def conditions(self, identity_image: np.ndarray, audio: np.ndarray, emotion: str, intensity: str | float,
-                   *, interpolation: str = "linear", seed: int = 0) -> VideoConditions:
+                   *, interpolation: str = "linear", seed: int = 0, aligned: bool = False) -> VideoConditions:
         """Align the identity image, extract the audio features and build the per-frame expression condition.
 
         `emotion` is a name or a timeline (`"happy@0,surprised@2"`), `intensity` a `parse_intensity` SPEC.
-        The video has one frame per audio-feature row, T = round(duration × fps).
+        The video has one frame per audio-feature row, T = round(duration × fps). `aligned=True` takes the
+        identity image as an aligned face crop already (a store frame, a synthetic render) and only resizes it.
         """
-        from emodiff.data.align import align_image  # imports mediapipe: only when an image is aligned
         from emodiff.data.audio_features import check_speech, extract_audio_features
 
         fps, resolution = self.settings["fps"], self.settings["resolution"]
@@ -246,9 +246,14 @@ class EmoDiffPipeline:
         weights = parse_emotions(emotion, n_frames, fps).weights(n_frames, fps)
         k = parse_intensity(intensity, n_frames, fps, interpolation=interpolation, audio_features=features,
                             predictor=self.intensity_predictor)
-        crop = align_image(identity_image, resolution)
+        if aligned:
+            crop = identity_image
+        else:
+            from emodiff.data.align import align_image  # imports mediapipe: only when an image is aligned
+
+            crop = align_image(identity_image, resolution)
         return VideoConditions(
-            identity=frames_to_tensor(crop),
+            identity=frames_to_tensor(crop, resolution),
             audio=torch.as_tensor(np.asarray(features, dtype=np.float32)),
             expression=torch.as_tensor(self.expression_sequence(weights, k, seed), dtype=torch.float32),
             intensity=torch.as_tensor(k, dtype=torch.float32),

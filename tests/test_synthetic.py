@@ -110,6 +110,10 @@ def test_store_honours_the_clip_contract(tmp_path):
     clip = store.clip(ids[0])
     assert clip.frames.shape == (20, 32, 32, 3) and clip.frames.dtype == np.uint8
     assert clip.expression.shape == (20, EXPRESSION_DIM) and not np.any(clip.expression[:, 8:])
+    for c in map(store.clip, ids):  # the mouth is not in the condition but its own array (FLAME's jaw pose)
+        assert not np.any(c.expression[:, MOUTH_OPEN])
+        mouth = np.load(c.path / "mouth_open.npy")
+        assert mouth.shape == (20,) and mouth.min() >= 0 and mouth.max() > 0.2
     assert clip.landmarks.shape == (20, 68, 2) and clip.intensity.shape == (20,)
     assert len(clip.audio()[0]) == 20 * SAMPLE_RATE // 25
     happy_like = [store.clip(i) for i in ids if "neutral" not in i]

@@ -16,6 +16,12 @@ predicted from the audio. `make_store` writes MEAD-like clips (identity, emotion
 frame-wise intensity fluctuation, neutral clips for every identity) straight into a clip store,
 with the true landmarks (iBUG-68), expression and intensity as the clip's arrays.
 
+As in FLAME, where the jaw opening is the separate jaw pose and not part of ψ, the stored condition
+`expression.npy` is the emotional part only (its mouth_open column is 0) and the true mouth opening
+is the extra per-clip array `mouth_open.npy` (T,): the denoiser must take the mouth from the audio,
+so at sampling time (expression from the generator or the references) the lips still follow speech.
+The rendered frames and landmarks show the full expression.
+
 Coordinates: the face is modelled in normalised units with y pointing down (head about 1.1 wide
 and 1.5 tall, nose near the origin). The crop is a square camera window of half-width 1 / CROP_ZOOM
 centred at (0, CROP_CENTRE_Y), so pixel (row r, column c) of an S×S image has its centre at
@@ -39,7 +45,7 @@ from tqdm.auto import tqdm
 from emodiff.data.audio_features import extract_audio_features
 from emodiff.data.labels import EMOTIONS, NEUTRAL, emotion_index
 from emodiff.data.media import VideoWriter
-from emodiff.data.store import SAMPLE_RATE, ClipStore, write_json_atomic, write_wav
+from emodiff.data.store import SAMPLE_RATE, ClipStore, save_npy_atomic, write_json_atomic, write_wav
 from emodiff.errors import EmodiffError
 
 EXPRESSION_PARAMS: tuple[str, ...] = (
@@ -555,7 +561,8 @@ def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int 
 
     Clip ids follow MEAD's flattened names (`syn003_happy_2_001`). Each clip holds frames, audio.wav,
     audio features, the true landmarks, expression.npy = the 8 true parameters padded with zeros to
-    D = 50, and intensity.npy = the true k(t). The last `held_out_identities` identities are marked
+    D = 50 with the mouth_open column zeroed (the emotional part), mouth_open.npy = the true mouth
+    opening (T,) and intensity.npy = the true k(t). The last `held_out_identities` identities are marked
     `split: test` in meta.json and the manifest (the rest `train`). Finished clips are kept, so an
     interrupted run resumes; the world description is written to stats/synthetic_world.json.
     """
@@ -587,14 +594,15 @@ def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int 
     for i, j, emotion, level in tqdm(plan, desc="synthetic clips", unit="clip"):
         name = f"syn{i:03d}"
         clip_id = f"{name}_{emotion}_{level}_{j:03d}"
-        if clip_id in done:
+        if clip_id in done and (store.clip_path(clip_id) / "mouth_open.npy").is_file():
             continue
         clip = world.sample_clip(i, emotion, level, n_frames, np.random.default_rng([seed, _CLIP_STREAM, i, j]))
         split = "test" if i >= n_identities - held_out_identities else "train"
         labels = {"identity": name, "emotion": clip.emotion, "level": level, "fps": fps, "split": split}
         expression = np.zeros((n_frames, EXPRESSION_DIM), np.float32)
         expression[:, :len(EXPRESSION_PARAMS)] = clip.expression
-        store.write_clip(clip_id, {
+        expression[:, MOUTH_OPEN] = 0.0  # the jaw is not part of the condition (FLAME's jaw pose vs ψ)
+        written = store.write_clip(clip_id, {
             "frames": clip.frames,
             "audio_feats": extract_audio_features(clip.audio, fps, features),
             "landmarks": clip.landmarks,
@@ -603,6 +611,7 @@ def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int 
         }, {**labels, "source": "synthetic", "size": size,
             "extractors": {"expression": "synthetic-truth", "landmarks": "synthetic-truth", "audio_features": features},
             "synthetic": {"seed": seed, "identity_index": i, "clip_index": j}}, audio=clip.audio)
+        save_npy_atomic(written.path / "mouth_open.npy", clip.expression[:, MOUTH_OPEN].astype(np.float32))
         store.append_manifest({"id": clip_id, "source": "synthetic", "status": "ok", "n_frames": n_frames, **labels})
     return store
 

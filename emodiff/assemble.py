@@ -1,0 +1,72 @@
+"""Build a sampling pipeline folder from training runs, for `emodiff sample --checkpoint DIR`.
+
+    emodiff assemble --denoiser RUN --store STORE [--expression RUN] [--intensity RUN] --out DIR
+
+RUN folders are those of `emodiff train denoiser` (unet/, reference_net/, config.yaml), `emodiff train
+expression` (generator/) and `emodiff train intensity` (model/). The store the denoiser was trained on gives
+the neutral and per-emotion target expressions (e_n, e_y of eq. 14–15), the fps and the audio feature kind.
+Without --expression the pipeline interpolates between those stored targets; without --intensity it has no
+`--intensity audio`. DIR is written to a temporary folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+from diffusers.models.modeling_utils import ModelMixin
+
+from emodiff.data.store import ClipStore
+from emodiff.errors import EmodiffError
+from emodiff.models.expression_gan import ExpressionGenerator
+from emodiff.models.intensity_vae import IntensityVAE
+from emodiff.pipeline import EmoDiffPipeline
+
+
+def _load_run_model(run: Path, subfolder: str, model_cls: type[ModelMixin], command: str) -> ModelMixin:
+    """The model `run/subfolder` saved by `emodiff train <command>`; a missing or broken one is one sentence."""
+    folder = Path(run) / subfolder
+    if not (folder / "config.json").is_file():
+        raise EmodiffError(f"{run} is not a finished `emodiff train {command}` folder ({subfolder}/ is missing).")
+    try:
+        return model_cls.from_pretrained(folder).eval()
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        raise EmodiffError(f"Cannot load {folder}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from err
+
+
+def assemble(denoiser: Path, store: ClipStore | Path, out: Path, expression: Path | None = None,
+             intensity: Path | None = None) -> EmoDiffPipeline:
+    """`EmoDiffPipeline.from_training` with the optional generator and intensity runs, saved atomically to `out`."""
+    store = store if isinstance(store, ClipStore) else ClipStore.open(store)
+    if not store.clip_ids():
+        raise EmodiffError(f"The store {store.root} has no clips to take the expression targets from.")
+    generator = _load_run_model(expression, "generator", ExpressionGenerator, "expression") if expression else None
+    predictor = _load_run_model(intensity, "model", IntensityVAE, "intensity") if intensity else None
+    pipeline = EmoDiffPipeline.from_training(denoiser, store, generator, predictor)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        pipeline.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return pipeline
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--denoiser", type=Path, required=True, help="`emodiff train denoiser` run folder")
+    parser.add_argument("--store", type=Path, required=True, help="the clip store the denoiser was trained on")
+    parser.add_argument("--expression", type=Path, help="`emodiff train expression` run folder (expression generator)")
+    parser.add_argument("--intensity", type=Path, help="`emodiff train intensity` run folder (audio → intensity)")
+    parser.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+
+
+def run(args: argparse.Namespace) -> int:
+    pipeline = assemble(args.denoiser, args.store, args.out, args.expression, args.intensity)
+    present = [name for name, component in pipeline.components().items() if component is not None]
+    print(f"pipeline with {', '.join(present)} written to {args.out}")
+    return 0

@@ -1,0 +1,132 @@
+"""Run the demo: a held-out synthetic face speaks with a rising intensity and an emotion change.
+
+    emodiff demo [--out DIR] [--checkpoint DIR] [--steps N] [--seed S]
+
+A face the demo pipeline never saw in training (an identity of the synthetic world, DESIGN §11, rendered
+with the world seed and size recorded in the pipeline folder's `synthetic_world.json`) speaks synthetic
+speech (`SyntheticWorld.speech`, louder and higher when k is higher) for four seconds while the emotion
+changes from happy to surprised and the intensity k follows key frames. The frames come from the
+ordinary sampling path (`EmoDiffPipeline.conditions` + `sample`, eq. 14–15 for the expression condition).
+DIR (default ./emodiff_demo) receives demo.mp4 (with the speech), intensity.png (k and the emotion
+weights over time) and contact_sheet.png (the identity image and frames with their k and emotion).
+The default checkpoint is the bundled one in emodiff/assets/demo, made by scripts/train_synthetic.sh.
+
+The synthetic world is a test bed: the demo shows the mechanics of emotion and intensity control on
+cartoon faces, not what a model trained on real recordings produces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from emodiff.control import parse_intensity, plot_schedule  # noqa: E402
+from emodiff.data.labels import EMOTIONS  # noqa: E402
+from emodiff.data.media import VideoWriter  # noqa: E402
+from emodiff.data.synthetic import EXPRESSION_PARAMS, SyntheticWorld  # noqa: E402
+from emodiff.errors import EmodiffError  # noqa: E402
+from emodiff.pipeline import EmoDiffPipeline  # noqa: E402
+from emodiff.sample import to_uint8  # noqa: E402
+
+WORLD_FILE = "synthetic_world.json"  # a copy of the training store's stats/synthetic_world.json
+UNSEEN_IDENTITY = 1000  # identity index beyond any training store, used when the folder names no held-out one
+SECONDS = 4.0
+EMOTION = "happy@0,surprised@2"
+INTENSITY = "0:0,1.6:1,2.2:0.3,4:1"  # ramp up while happy, drop at the change, ramp up again while surprised
+VIEW_SIZE = 256  # frames are enlarged by pixel repetition to at least this size for watching
+SHEET_FRAMES = 8
+
+
+def bundled_checkpoint() -> Path:
+    """emodiff/assets/demo inside the installed package."""
+    return Path(str(resources.files("emodiff"))) / "assets" / "demo"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("emodiff_demo"), help="output folder (default ./emodiff_demo)")
+    parser.add_argument("--checkpoint", type=Path, help="pipeline folder (default: the bundled emodiff/assets/demo)")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM steps per frame (default 10)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the speech and the sampling noise (default 0)")
+
+
+def load_demo_pipeline(checkpoint: Path) -> EmoDiffPipeline:
+    """The pipeline folder; a missing one is one sentence that says how to make it."""
+    if not (checkpoint / "model_index.json").is_file():
+        raise EmodiffError(f"No demo pipeline at {checkpoint}; make one with scripts/train_synthetic.sh "
+                           "(it trains in the synthetic world and writes emodiff/assets/demo), or pass --checkpoint DIR.")
+    return EmoDiffPipeline.from_pretrained(checkpoint)
+
+
+def demo_identity(checkpoint: Path, resolution: int, fps: float) -> tuple[SyntheticWorld, int]:
+    """The synthetic world the pipeline was trained in and an identity index it never saw.
+
+    From `synthetic_world.json` (seed, size, held-out identities such as "syn007") when the folder has
+    one, else the world of seed 0 at the pipeline's resolution and identity `UNSEEN_IDENTITY`."""
+    path = checkpoint / WORLD_FILE
+    description = json.loads(path.read_text()) if path.is_file() else {}
+    world = SyntheticWorld(int(description.get("seed", 0)), int(description.get("size", resolution)), int(round(fps)))
+    held_out = description.get("held_out_identities") or []
+    return world, int(held_out[0].removeprefix("syn")) if held_out else UNSEEN_IDENTITY
+
+
+def enlarge(frame: np.ndarray) -> np.ndarray:
+    """Repeat pixels so a small frame is at least VIEW_SIZE wide."""
+    factor = max(1, -(-VIEW_SIZE // frame.shape[0]))
+    return frame.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def write_contact_sheet(path: Path, identity: np.ndarray, frames: np.ndarray, intensity: np.ndarray,
+                        emotion_weights: np.ndarray, fps: float) -> None:
+    """The identity image, then SHEET_FRAMES evenly spaced frames captioned with time, k and dominant emotion."""
+    picks = np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)
+    figure, axes = plt.subplots(1, SHEET_FRAMES + 1, figsize=(1.5 * (SHEET_FRAMES + 1), 2.0))
+    axes[0].imshow(identity)
+    axes[0].set_xlabel("identity", fontsize=8)
+    for axis, i in zip(axes[1:], picks):
+        axis.imshow(frames[i])
+        axis.set_xlabel(f"{i / fps:.1f} s\nk = {intensity[i]:.2f}\n{EMOTIONS[int(emotion_weights[i].argmax())]}",
+                        fontsize=8)
+    for axis in axes:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint = args.checkpoint if args.checkpoint is not None else bundled_checkpoint()
+    pipeline = load_demo_pipeline(checkpoint)
+    fps, resolution = pipeline.settings["fps"], pipeline.settings["resolution"]
+    world, identity_index = demo_identity(checkpoint, resolution, fps)
+    identity = world.render(world.identity(identity_index), np.zeros((1, len(EXPRESSION_PARAMS))))[0]
+    n_frames = int(round(SECONDS * fps))
+    rng = np.random.default_rng(args.seed)
+    audio, _ = world.speech(n_frames, parse_intensity(INTENSITY, n_frames, fps), rng)
+    video = pipeline.conditions(identity, audio, EMOTION, INTENSITY, seed=args.seed, aligned=True)
+    paths = {"video": args.out / "demo.mp4", "schedule": args.out / "intensity.png",
+             "sheet": args.out / "contact_sheet.png"}
+    frames = []
+    with VideoWriter(paths["video"], fps, audio=audio) as writer:
+        for _, batch in pipeline.sample([video], steps=args.steps, seeds=[args.seed]):
+            frames.append(to_uint8(batch[0]))
+            writer.write(enlarge(frames[-1]))
+    intensity, weights = video.intensity.numpy(), video.emotion_weights.numpy()
+    plot_schedule(intensity, fps, paths["schedule"], weights, title=f"demo: {EMOTION}, intensity {INTENSITY}")
+    write_contact_sheet(paths["sheet"], enlarge(identity), np.stack([enlarge(f) for f in frames]), intensity, weights, fps)
+    print(f"demo: identity syn{identity_index:03d} of synthetic world seed {world.seed} (not seen in training), "
+          f"emotion {EMOTION}, intensity {INTENSITY}")
+    for name, path in paths.items():
+        print(f"wrote {path}" + (f" ({len(frames)} frames at {fps:g} fps, with its speech)" if name == "video" else ""))
+    return 0

@@ -1,0 +1,68 @@
+"""`emodiff demo`: the mp4 with speech, the intensity plot and the contact sheet; a missing checkpoint is one sentence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+from omegaconf import OmegaConf
+
+from emodiff import demo
+from emodiff.cli import main as cli_main
+from emodiff.data.audio_features import extract_audio_features
+from emodiff.data.media import load_audio, probe, read_video
+from emodiff.data.store import SAMPLE_RATE
+from emodiff.models.reference_net import ReferenceNet
+from emodiff.models.unet import DenoisingUNet
+from emodiff.pipeline import EmoDiffPipeline, ExpressionReference
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE, FPS = 16, 25
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """An untrained 16² pipeline folder (tiny denoiser config) with the world description of its store."""
+    config = OmegaConf.load(ROOT / "configs" / "denoiser_tiny.yaml")
+    audio_dim = extract_audio_features(np.zeros(SAMPLE_RATE, np.float32), FPS).shape[1]
+    unet = DenoisingUNet(sample_size=SIZE, window=config.data.window, audio_dim=audio_dim, expression_dim=50,
+                         **OmegaConf.to_container(config.unet))
+    folder = tmp_path_factory.mktemp("tiny") / "pipeline"
+    EmoDiffPipeline(unet.eval(), ReferenceNet.matching(unet).eval(), ExpressionReference(expression_dim=50),
+                    diffusion=OmegaConf.to_container(config.diffusion), resolution=SIZE, window=config.data.window,
+                    fps=FPS).save_pretrained(folder)
+    (folder / demo.WORLD_FILE).write_text(json.dumps({"seed": 3, "size": 32, "held_out_identities": ["syn005", "syn006"]}))
+    return folder
+
+
+def test_demo_writes_the_video_with_speech_the_intensity_plot_and_the_contact_sheet(tiny_pipeline, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--checkpoint", str(tiny_pipeline), "--out", str(out), "--steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "syn005" in printed and "seed 3" in printed  # the held-out identity of the recorded world
+    video = out / "demo.mp4"
+    info = probe(video)
+    assert info.has_audio
+    n_frames = sum(1 for _ in read_video(video, FPS))
+    audio_frames = len(load_audio(video)) / SAMPLE_RATE * FPS
+    assert abs(n_frames - audio_frames) <= 1 and abs(n_frames - demo.SECONDS * FPS) <= 1
+    assert info.width >= demo.VIEW_SIZE  # enlarged for watching
+    for name in ("intensity.png", "contact_sheet.png"):
+        image = mpimg.imread(out / name)
+        assert image.shape[0] > 100 and image.std() > 0.05, name
+        assert str(out / name) in printed
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "demo.mp4", "intensity.png"]
+
+
+def test_missing_checkpoint_is_one_sentence_that_says_how_to_make_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "bundled_checkpoint", lambda: tmp_path / "assets" / "demo")
+    out = tmp_path / "out"
+    for argv in (["demo", "--out", str(out)], ["demo", "--checkpoint", str(tmp_path / "nowhere"), "--out", str(out)]):
+        assert cli_main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("emodiff: error: No demo pipeline at") and "scripts/train_synthetic.sh" in err
+        assert "Traceback" not in err and err.count("\n") == 1
+    assert not out.exists()
