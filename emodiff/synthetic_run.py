@@ -88,7 +88,7 @@ def train_all(config: DictConfig, out: Path) -> ClipStore:
     world = config.world
     store = make_store(out / "store", world.identities, world.clips, world.frames, world.size, seed=world.seed)
     stages = (("denoiser", denoiser, "unet"), ("expression", expression_gan, "generator"),
-              ("intensity", intensity, "model"), ("readout", readout, "config.json"))
+              ("intensity", intensity, "model"), ("readout", readout, "model"))
     for stage, module, result in stages:
         folder = out / stage
         if (folder / result).exists():
@@ -97,9 +97,7 @@ def train_all(config: DictConfig, out: Path) -> ClipStore:
         stage_cfg = stage_config(config, stage, store.root, folder)
         if stage == "readout":
             stage_cfg.world.seed = world.seed
-            module.train(stage_cfg)
-        else:
-            module.train(stage_cfg, resume="latest")
+        module.train(stage_cfg, resume="latest")
     return store
 
 
@@ -238,7 +236,7 @@ def evaluate(config: DictConfig, out: Path) -> dict:
     ev, w = config.evaluation, config.world
     world = SyntheticWorld(w.seed, w.size)
     pipeline = EmoDiffPipeline.from_pretrained(out / "pipeline")
-    reader = ExpressionReadout.from_pretrained(out / "readout").eval()
+    reader = ExpressionReadout.from_pretrained(out / "readout" / "model").eval()
     identities = list(range(w.identities, w.identities + w.held_out))
     speeches = [held_out_speech(world, ev.frames, i, level=(2, 3, 1)[i % 3]) for i in range(ev.audio_clips)]
     intensities = [float(k) for k in ev.intensities]
@@ -272,7 +270,7 @@ def evaluate(config: DictConfig, out: Path) -> dict:
         "audio_intensity_videos": [{"emotion": EMOTIONS[v.emotion], "identity": v.identity,
                                     "mean_predicted_projection": float((r[0] @ EMOTION_DIRECTIONS[v.emotion]).mean())}
                                    for v, r in zip(videos, generated) if v.k is None],
-        "readout": json.loads((out / "readout" / "metrics.json").read_text()),
+        "readout": json.loads((out / "readout" / "model" / "metrics.json").read_text()),
         "goals": GOALS,
         "counts": {"videos": len(videos), "frames_per_video": int(ev.frames), "held_out_identities": identities,
                    "speech_clips": int(ev.audio_clips), "steps": int(ev.steps), "sampler": ev.sampler},

@@ -92,7 +92,7 @@ def train_world(root: Path, seed: int) -> tuple[EmoDiffPipeline, ExpressionReado
     readout_config.merge_with({
         "seed": seed, "output_dir": str(root / "readout"), "world": {"seed": seed},
         "model": {"resolution": SIZE, "channels": [16, 32, 64], "hidden": 128},
-        "train": {"steps": READOUT_STEPS, "batch_size": 32, "identities_per_batch": 8, "num_workers": 0,
+        "train": {"max_steps": READOUT_STEPS, "batch_size": 32, "identities_per_batch": 8, "num_workers": 0,
                   "eval_samples": 256}})
     return pipeline, ExpressionReadout.from_pretrained(train_readout(readout_config)), world
 

@@ -17,7 +17,7 @@ TINY = ["world.identities=2", "world.held_out=1", "world.clips=2", "world.frames
         "stages.expression.overrides.train.batch_size=4", "stages.expression.overrides.data.levels=null",
         "stages.intensity.overrides.data.window=8", "stages.intensity.overrides.train.max_steps=2",
         "stages.intensity.overrides.train.batch_size=4",
-        "stages.readout.overrides.train.steps=2", "stages.readout.overrides.train.batch_size=8",
+        "stages.readout.overrides.train.max_steps=2", "stages.readout.overrides.train.batch_size=8",
         "stages.readout.overrides.train.num_workers=0", "stages.readout.overrides.train.eval_samples=16",
         "evaluation.intensities=[0,0.5,1]", "evaluation.audio_clips=1", "evaluation.frames=6", "evaluation.steps=1",
         "evaluation.intensity_clips=4"]
