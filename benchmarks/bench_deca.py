@@ -3,7 +3,7 @@
 Uses a full-size coarse encoder (random weights in DECA's checkpoint layout) and a FLAME-sized
 model (5023 vertices, 9976 triangles, random values), so the cost is that of the real files.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/deca_extract.py --frames 32 --device cpu
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_deca.py --frames 32 --device cpu
 """
 
 from __future__ import annotations
