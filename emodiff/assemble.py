@@ -6,7 +6,9 @@ RUN folders are those of `emodiff train denoiser` (unet/, reference_net/, config
 expression` (generator/) and `emodiff train intensity` (model/). The store the denoiser was trained on gives
 the neutral and per-emotion target expressions (e_n, e_y of eq. 14–15), the fps and the audio feature kind.
 Without --expression the pipeline interpolates between those stored targets; without --intensity it has no
-`--intensity audio`. DIR is written to a temporary folder and renamed when complete.
+`--intensity audio`. A synthetic store's world description (stats/synthetic_world.json) is copied along, so
+`emodiff demo --checkpoint DIR` renders faces of the same world. DIR is written to a temporary folder and
+renamed when complete.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from diffusers.models.modeling_utils import ModelMixin
 
 from emodiff.data.store import ClipStore
+from emodiff.data.synthetic import WORLD_FILE
 from emodiff.errors import EmodiffError
 from emodiff.models.expression_gan import ExpressionGenerator
 from emodiff.models.intensity_vae import IntensityVAE
@@ -50,6 +53,9 @@ def assemble(denoiser: Path, store: ClipStore | Path, out: Path, expression: Pat
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         pipeline.save_pretrained(tmp)
+        world = store.stats_dir / WORLD_FILE
+        if world.is_file():
+            shutil.copyfile(world, tmp / WORLD_FILE)
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     finally:

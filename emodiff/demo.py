@@ -32,12 +32,11 @@ import numpy as np  # noqa: E402
 from emodiff.control import parse_intensity, plot_schedule  # noqa: E402
 from emodiff.data.labels import EMOTIONS  # noqa: E402
 from emodiff.data.media import VideoWriter  # noqa: E402
-from emodiff.data.synthetic import EXPRESSION_PARAMS, SyntheticWorld  # noqa: E402
+from emodiff.data.synthetic import EXPRESSION_PARAMS, WORLD_FILE, SyntheticWorld  # noqa: E402
 from emodiff.errors import EmodiffError  # noqa: E402
 from emodiff.pipeline import EmoDiffPipeline  # noqa: E402
 from emodiff.sample import to_uint8  # noqa: E402
 
-WORLD_FILE = "synthetic_world.json"  # a copy of the training store's stats/synthetic_world.json
 UNSEEN_IDENTITY = 1000  # identity index beyond any training store, used when the folder names no held-out one
 SECONDS = 4.0
 EMOTION = "happy@0,surprised@2"

@@ -49,6 +49,8 @@ def test_assembled_folder_loads_with_every_run_and_samples(runs):
     assert assemble.run(_args(denoiser=root / "denoiser", store=store.root, expression=root / "expression",
                               intensity=root / "intensity", out=out)) == 0
     pipeline = EmoDiffPipeline.from_pretrained(out)
+    # the synthetic world travels with the pipeline, so `emodiff demo --checkpoint` renders the same world
+    assert (out / "synthetic_world.json").read_text() == (store.stats_dir / "synthetic_world.json").read_text()
     assert pipeline.expression_generator is not None and pipeline.intensity_predictor is not None
     assert pipeline.settings["resolution"] == 16 and pipeline.settings["fps"] == 25
     # e_y of the stored targets: the mean expression of the strongest clips

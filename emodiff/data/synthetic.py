@@ -55,6 +55,7 @@ MOUTH_OPEN = 0
 EXPRESSION_DIM = 50  # stored expression vectors: the 8 true parameters, then zeros (store contract D = 50)
 LEVEL_INTENSITY = {1: 0.35, 2: 0.65, 3: 0.9}  # MEAD level → base intensity k
 SIZE_RANGE = (16, 512)
+WORLD_FILE = "synthetic_world.json"  # the world description in a store's stats/ (and in pipelines assembled from it)
 CROP_ZOOM, CROP_CENTRE_Y = 1.25, 0.1  # a tight, aligned face crop
 
 # Emotion directions before normalisation (FACS-like: happy = smile + cheek raise, surprise = brows
@@ -582,7 +583,7 @@ def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int 
         "level_intensity": LEVEL_INTENSITY, "audio_features": features,
         "held_out_identities": [f"syn{i:03d}" for i in range(n_identities - held_out_identities, n_identities)],
     }
-    described = Path(root) / "stats" / "synthetic_world.json"
+    described = Path(root) / "stats" / WORLD_FILE
     if described.is_file():
         before = json.loads(described.read_text())
         changed = [key for key in ("seed", "size", "fps", "n_frames", "held_out_identities") if before.get(key) != description[key]]
