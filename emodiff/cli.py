@@ -1,15 +1,18 @@
 """The `emodiff` command line: one subcommand per stage (DESIGN §1).
 
 Each command lives in its own module, which provides `add_arguments(parser)` and `run(args)`;
-the module docstring's first line is the command's help. User errors (`EmodiffError`) are
-printed as one sentence with exit status 1, never as a traceback.
+the module docstring's first line is the command's help. Only the module of the command being run is
+imported (the others' help lines are read from their source), so `emodiff --help` does not load torch.
+User errors (`EmodiffError`) are printed as one sentence with exit status 1, never as a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import sys
+from pathlib import Path
 
 from emodiff.errors import EmodiffError
 
@@ -34,33 +37,46 @@ TRAIN_STAGES: dict[str, str] = {
 }
 
 
-def _add_module(subparsers: argparse._SubParsersAction, name: str, module_name: str) -> None:
-    module = importlib.import_module(module_name)
-    summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
-    parser = subparsers.add_parser(name, help=summary, description=module.__doc__,
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _docstring(module_name: str) -> str:
+    """A command module's docstring, read from its source without importing it."""
+    path = PACKAGE_DIR.joinpath(*module_name.split(".")[1:]).with_suffix(".py")
+    return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+
+
+def _add_module(subparsers: argparse._SubParsersAction, name: str, module_name: str, chosen: bool) -> None:
+    doc = _docstring(module_name)
+    parser = subparsers.add_parser(name, help=doc.splitlines()[0] if doc else "", description=doc,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    module.add_arguments(parser)
-    parser.set_defaults(run=module.run)
+    if chosen:  # only the command being run is imported and gets its arguments
+        module = importlib.import_module(module_name)
+        module.add_arguments(parser)
+        parser.set_defaults(run=module.run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser: every command is listed, only the one named in `argv` (default: sys.argv[1:]) is complete."""
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
+    command = words[0] if words else None
+    stage = words[1] if len(words) > 1 and command == "train" else None
     parser = argparse.ArgumentParser(prog="emodiff", description=__doc__.splitlines()[0])
     from emodiff import __version__
 
     parser.add_argument("--version", action="version", version=f"emodiff {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
-        _add_module(commands, name, module_name)
-    if TRAIN_STAGES:
-        train = commands.add_parser("train", help="Train one model stage (also runs under `accelerate launch -m emodiff.train.<stage>`).")
-        stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
-        for name, module_name in TRAIN_STAGES.items():
-            _add_module(stages, name, module_name)
+        _add_module(commands, name, module_name, chosen=name == command)
+    train = commands.add_parser("train", help="Train one model stage (also runs under `accelerate launch -m emodiff.train.<stage>`).")
+    stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, module_name in TRAIN_STAGES.items():
+        _add_module(stages, name, module_name, chosen=command == "train" and name == stage)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except EmodiffError as err:
