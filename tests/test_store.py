@@ -89,3 +89,40 @@ def test_sequence_dataset_filters_and_windows(tmp_path):
 def test_open_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(EmodiffError, match="not a clip store"):
         ClipStore.open(tmp_path)
+
+
+def test_frame_dataset_takes_the_identity_frame_from_a_neutral_clip_of_the_same_person(tmp_path):
+    """identity_source="neutral": clip002 (id0, contempt) draws its identity frames from clip000 (id0, neutral);
+    id1 has no neutral clip, so clip001 keeps its own frames. Motion padding at frame 0 is that identity frame."""
+    store = write_random_store(tmp_path / "s", n_clips=4, n_frames=10, size=8)
+    frames = {cid: torch.from_numpy(np.array(store.clip(cid).frames)).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+              for cid in store.clip_ids()}
+
+    def source(image: torch.Tensor) -> list[str]:
+        return [cid for cid, clip in frames.items() if any(torch.equal(image, frame) for frame in clip)]
+
+    neutral = FrameDataset(store, identity_source="neutral")
+    assert {tuple(source(neutral[i]["identity"])) for i in range(20, 30)} == {("clip000",)}
+    assert {tuple(source(neutral[i]["identity"])) for i in range(10, 20)} == {("clip001",)}
+    assert torch.equal(neutral[20]["motion"][3:], neutral[20]["identity"])
+    same_clip = FrameDataset(store)
+    assert {tuple(source(same_clip[i]["identity"])) for i in range(20, 30)} == {("clip002",)}
+    with pytest.raises(ValueError, match="identity_source"):
+        FrameDataset(store, identity_source="mirror")
+
+
+def test_feature_statistics_are_the_per_dimension_moments_and_constant_dimensions_keep_unit_scale(tmp_path):
+    store = write_random_store(tmp_path / "s", n_clips=3, n_frames=10)
+    for cid in store.clip_ids():
+        expression = np.array(store.clip(cid).expression)
+        expression[:, 0] = 3.0
+        store.update_clip(cid, {"expression": expression}, {})
+    ds = FrameDataset(store)
+    every = {name: np.concatenate([np.asarray(getattr(store.clip(c), name), np.float64) for c in store.clip_ids()])
+             for name in ("audio_feats", "expression")}
+    mean, std = ds.feature_statistics("audio_feats")
+    np.testing.assert_allclose(mean, every["audio_feats"].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, every["audio_feats"].std(0), rtol=1e-5)
+    mean, std = ds.feature_statistics("expression")
+    assert mean[0] == pytest.approx(3.0) and std[0] == 1.0
+    np.testing.assert_allclose(std[1:], every["expression"][:, 1:].std(0), rtol=1e-5)

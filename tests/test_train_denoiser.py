@@ -20,10 +20,12 @@ from safetensors.torch import load_file
 from emodiff.cli import main as cli_main
 from emodiff.data.datasets import FrameDataset
 from emodiff.data.store import ClipStore
+from emodiff.diffusion.gaussian import GaussianDiffusion
 from emodiff.diffusion.sampling import denoise_frames
 from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
+from emodiff.train.denoiser import compute_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "denoiser_tiny.yaml"
@@ -213,3 +215,28 @@ def test_renorm_encoder_adds_the_norm_loss(store, tmp_path):
     norms = [entry["loss/norm"] for entry in log]
     print(f"\nrenorm L_norm step 1 {norms[0]:.3f} → step 30 {norms[-1]:.3f}")
     assert norms[-1] < 0.5 * norms[0]
+
+
+def test_motion_drop_feeds_the_identity_frame_as_both_motion_frames(store):
+    """train.motion_drop = 1 gives the UNet exactly the inputs of the first sampled frame: x^(i−2) = x^(i−1) = x_id."""
+    config = OmegaConf.load(TINY)
+    dataset = FrameDataset(store, resolution=SIZE)
+    batch = {k: torch.stack([dataset[i][k] for i in (3, 7, 30)]) for k in dataset[0]}
+    dropped = {**batch, "motion": batch["identity"].repeat(1, 2, 1, 1)}
+    unet = DenoisingUNet(sample_size=SIZE, window=config.data.window, audio_dim=4, expression_dim=6,
+                         **OmegaConf.to_container(config.unet))
+    torch.manual_seed(0)
+    with torch.no_grad():  # every weight random: a fresh UNet outputs zeros whatever its inputs
+        for p in unet.parameters():
+            p.normal_(0.0, 0.05)
+    reference_net = ReferenceNet.matching(unet)
+    diffusion = GaussianDiffusion.from_config(config.diffusion)
+
+    def loss(motion_drop: float, inputs: dict[str, torch.Tensor]) -> float:
+        config.train.motion_drop = motion_drop
+        torch.manual_seed(1)
+        return compute_losses(inputs, unet, reference_net, diffusion, config)["simple"].item()
+
+    assert loss(1.0, batch) == loss(0.0, dropped)
+    assert loss(0.0, batch) != loss(0.0, dropped)
+

@@ -138,6 +138,23 @@ def test_expression_encoder_registry_receives_emotion_and_intensity(monkeypatch)
         DenoisingUNet(**{**TINY, "expression_encoder": "nope"})
 
 
+def test_window_encoders_standardise_with_their_saved_statistics(tmp_path):
+    """The audio/expression encoders see (x − μ)/σ with the training data's statistics, and the statistics are
+    part of the saved model, so sampling standardises exactly as training did."""
+    unet, _ = make_models()
+    g = torch.Generator().manual_seed(3)
+    audio = make_inputs()["audio"]
+    mean, std = torch.randn(audio.shape[-1], generator=g), torch.rand(audio.shape[-1], generator=g) + 0.5
+    with torch.no_grad():
+        plain = unet.audio_embedding((audio - mean) / std)
+        unet.audio_embedding.set_statistics(mean, std)
+        torch.testing.assert_close(unet.audio_embedding(audio), plain)
+    unet.save_pretrained(tmp_path / "unet")
+    loaded = DenoisingUNet.from_pretrained(tmp_path / "unet")
+    torch.testing.assert_close(loaded.audio_embedding.feature_mean, mean)
+    torch.testing.assert_close(loaded.audio_embedding.feature_std, std)
+
+
 def test_save_pretrained_round_trip(tmp_path):
     unet, ref = make_models()
     unet.save_pretrained(tmp_path / "unet")

@@ -54,6 +54,9 @@ def emotion_label(clip: Clip) -> int:
     return EMOTIONS.index(clip.emotion) if clip.emotion in EMOTIONS else -1
 
 
+IDENTITY_SOURCES = ("clip", "neutral")
+
+
 class FrameDataset(Dataset):
     """Denoiser samples: target frame, identity frame, two motion frames, condition windows, masks.
 
@@ -61,6 +64,10 @@ class FrameDataset(Dataset):
       target (3,R,R), identity (3,R,R), motion (6,R,R) = frames i−2 ⊕ i−1 (the identity frame where
       i−k < 0), audio (2n+1, F), expression (2n+1, D), intensity (), emotion () (−1 = unlabelled),
       mouth_mask (1,R,R), eye_mask (1,R,R). Images are in [−1, 1].
+    The identity frame is a random frame of the same clip (`identity_source="clip"`, the paper, eq. 11)
+    or of a neutral clip of the same person (`"neutral"`, like the neutral portrait given at sampling
+    time, so the identity frame cannot tell the emotion; clips whose person has no neutral clip fall
+    back to their own frames).
     Clips without audio features are skipped (they still train the expression generator).
     """
 
@@ -71,12 +78,17 @@ class FrameDataset(Dataset):
         resolution: int | None = None,
         clip_ids: Sequence[str] | None = None,
         seed: int = 0,
+        identity_source: str = "clip",
     ):
+        if identity_source not in IDENTITY_SOURCES:
+            raise ValueError(f"identity_source must be one of {', '.join(IDENTITY_SOURCES)}, not {identity_source!r}")
         self.store = store if isinstance(store, ClipStore) else ClipStore.open(store)
         ids = list(clip_ids) if clip_ids is not None else self.store.clip_ids()
         self.clips = [c for c in (self.store.clip(i) for i in ids) if c.has_audio]
         if not self.clips:
             raise ValueError(f"no clips with audio features in {self.store.root}")
+        neutral = {c.identity: c for c in reversed(self.clips) if c.emotion == "neutral" and c.identity is not None}
+        self.identity_clips = [neutral.get(c.identity, c) if identity_source == "neutral" else c for c in self.clips]
         self.window = window
         self.resolution = resolution
         self.seed = seed
@@ -85,6 +97,20 @@ class FrameDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
+
+    def feature_statistics(self, name: str, max_clips: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and standard deviation of a per-frame clip array ("audio_feats",
+        "expression") over every frame of at most `max_clips` evenly spaced clips; a dimension that
+        never varies gets σ = 1, so it is centred but not blown up."""
+        picks = np.unique(np.linspace(0, len(self.clips) - 1, min(max_clips, len(self.clips))).astype(int))
+        total, squares, count = 0.0, 0.0, 0
+        for c in picks:
+            values = np.asarray(getattr(self.clips[c], name), dtype=np.float64)
+            total, squares, count = total + values.sum(0), squares + (values ** 2).sum(0), count + len(values)
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean ** 2, 0.0))
+        std = np.where(std > 1e-6, std, 1.0)
+        return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
     def locate(self, index: int) -> tuple[int, int]:
         """(clip number, frame number) of a flat sample index."""
@@ -97,9 +123,9 @@ class FrameDataset(Dataset):
         frames = clip.frames
         T = len(frames)
         # The identity frame is random but reproducible for a given (seed, index).
-        j = int(np.random.default_rng((self.seed, index)).integers(T))
-        picks = [i, j, max(i - 2, -1), max(i - 1, -1)]
-        stack = np.stack([frames[k] if k >= 0 else frames[j] for k in picks])
+        identity_frames = self.identity_clips[c].frames
+        identity = identity_frames[int(np.random.default_rng((self.seed, index)).integers(len(identity_frames)))]
+        stack = np.stack([frames[i], identity] + [frames[k] if k >= 0 else identity for k in (i - 2, i - 1)])
         images = frames_to_tensor(stack, self.resolution)
         size = images.shape[-1]
         scale = size / frames.shape[1]

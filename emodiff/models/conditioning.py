@@ -43,19 +43,32 @@ class TimestepEncoder(nn.Module):
 class WindowEncoder(nn.Module):
     """Embedding of a window of per-frame features {x^(i−n)', …, x^(i+n)'} (eq. 12–13, windowed).
 
-    Each frame's feature is embedded by a shared linear layer, the 2n+1 embeddings are
-    concatenated and a small MLP maps them to one (B, dim) embedding.
+    Each frame's feature is standardised, (x − μ)/σ per dimension, with the training data's statistics
+    (buffers saved with the weights, set by `set_statistics` before training), embedded by a shared
+    linear layer; the 2n+1 embeddings are concatenated and a small MLP maps them to one (B, dim)
+    embedding. Without the standardisation, raw log-mel energies (about −20 … 5) drive the first layer
+    into saturation and small expression coefficients barely move it, and the encoder collapses to a
+    constant that the denoiser learns to ignore.
     """
 
     def __init__(self, feature_dim: int, window: int, dim: int, frame_dim: int | None = None):
         super().__init__()
         frame_dim = frame_dim or dim // 2
+        self.register_buffer("feature_mean", torch.zeros(feature_dim))
+        self.register_buffer("feature_std", torch.ones(feature_dim))
         self.frame_embedding = nn.Linear(feature_dim, frame_dim)
         self.mlp = nn.Sequential(nn.SiLU(), nn.Linear((2 * window + 1) * frame_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-dimension μ and σ of the features (F,), e.g. from `FrameDataset.feature_statistics`."""
+        self.feature_mean.copy_(torch.as_tensor(mean))
+        self.feature_std.copy_(torch.as_tensor(std))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, 2n+1, F) → (B, dim)."""
-        return self.mlp(self.frame_embedding(features).flatten(1))
+        standardised = (features - self.feature_mean) / self.feature_std
+        return self.mlp(self.frame_embedding(standardised).flatten(1))
 
 
 class InterpolationExpressionEncoder(WindowEncoder):

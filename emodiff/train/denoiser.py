@@ -27,6 +27,7 @@ from emodiff.diffusion.gaussian import GaussianDiffusion
 from emodiff.diffusion.sampling import denoise_frames
 from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.errors import EmodiffError
+from emodiff.models.conditioning import WindowEncoder
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
 from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
@@ -35,7 +36,7 @@ from emodiff.train.common import (TrainingRun, add_training_arguments, batches, 
 
 def compute_losses(batch: dict[str, torch.Tensor], unet: torch.nn.Module, reference_net: torch.nn.Module,
                    diffusion: GaussianDiffusion, config: DictConfig) -> dict[str, torch.Tensor]:
-    """Batch means of the eq. 16 terms for random timesteps, noise and condition dropout; with an
+    """Batch means of the eq. 16 terms for random timesteps, noise, condition and motion-frame dropout; with an
     expression encoder that has `norm_loss` (renorm), "loss" also holds λ_norm·L_norm."""
     x0 = batch["target"]
     b = x0.shape[0]
@@ -44,7 +45,11 @@ def compute_losses(batch: dict[str, torch.Tensor], unet: torch.nn.Module, refere
     x_t = diffusion.q_sample(x0, t, noise)
     audio_keep = torch.rand(b, device=x0.device) >= config.train.audio_drop
     expression_keep = torch.rand(b, device=x0.device) >= config.train.expression_drop
-    out = unet(x_t, t, identity=batch["identity"], motion=batch["motion"], audio=batch["audio"],
+    # Motion-frame dropout (beyond the paper): the identity frame stands in for both motion frames, as for
+    # the first frame at sampling time, so the mouth and the expression must come from the conditions.
+    motion_dropped = torch.rand(b, device=x0.device) < config.train.motion_drop
+    motion = torch.where(motion_dropped[:, None, None, None], batch["identity"].repeat(1, 2, 1, 1), batch["motion"])
+    out = unet(x_t, t, identity=batch["identity"], motion=motion, audio=batch["audio"],
                expression=batch["expression"], reference_features=reference_net(batch["identity"]),
                emotion=batch["emotion"], intensity=batch["intensity"], audio_keep=audio_keep,
                expression_keep=expression_keep)
@@ -83,7 +88,7 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     tc = config.train
     try:
         dataset = FrameDataset(config.data.store, window=config.data.window, resolution=config.data.resolution,
-                               seed=config.seed)
+                               seed=config.seed, identity_source=config.data.identity_source)
     except ValueError as err:
         raise EmodiffError(f"cannot train the denoiser on {config.data.store}: {err}.") from err
     training = TrainingRun(config, "denoiser", resume, gradient_accumulation_steps=tc.gradient_accumulation_steps)
@@ -92,6 +97,9 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     unet = DenoisingUNet(sample_size=config.data.resolution, window=config.data.window,
                          audio_dim=first.audio_feats.shape[1], expression_dim=first.expression.shape[1],
                          **OmegaConf.to_container(config.unet))
+    unet.audio_embedding.set_statistics(*dataset.feature_statistics("audio_feats"))
+    if isinstance(unet.expression_embedding, WindowEncoder):  # the variants without an expression window have none
+        unet.expression_embedding.set_statistics(*dataset.feature_statistics("expression"))
     reference_net = ReferenceNet.matching(unet)
     if tc.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
