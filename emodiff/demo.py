@@ -1,6 +1,6 @@
 """Run the demo: a held-out synthetic face speaks with a rising intensity and an emotion change.
 
-    emodiff demo [--out DIR] [--checkpoint DIR] [--steps N] [--seed S]
+    emodiff demo [--out DIR] [--checkpoint DIR] [--steps N] [--seed S] [--cfg-exp S]
 
 A face the demo pipeline never saw in training (an identity of the synthetic world, DESIGN §11, rendered
 with the world seed and size recorded in the pipeline folder's `synthetic_world.json`) speaks synthetic
@@ -55,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="pipeline folder (default: the bundled emodiff/assets/demo)")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps per frame (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the speech and the sampling noise (default 0)")
+    parser.add_argument("--cfg-exp", type=float, default=2.0,
+                        help="classifier-free guidance scale for the expression (default 2, as in the synthetic report)")
 
 
 def load_demo_pipeline(checkpoint: Path) -> EmoDiffPipeline:
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
              "sheet": args.out / "contact_sheet.png"}
     frames = []
     with VideoWriter(paths["video"], fps, audio=audio) as writer:
-        for _, batch in pipeline.sample([video], steps=args.steps, seeds=[args.seed]):
+        for _, batch in pipeline.sample([video], steps=args.steps, cfg_expression=args.cfg_exp, seeds=[args.seed]):
             frames.append(to_uint8(batch[0]))
             writer.write(enlarge(frames[-1]))
     intensity, weights = video.intensity.numpy(), video.emotion_weights.numpy()

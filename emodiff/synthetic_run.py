@@ -134,8 +134,10 @@ class Video:
 
 
 def sample_videos(pipeline: EmoDiffPipeline, world: SyntheticWorld, identities: list[int], speeches: list[Speech],
-                  intensities: list[float], steps: int, sampler: str, seed: int) -> list[Video]:
-    """Every (identity, speech, emotion, k) of the sweep plus the audio-predicted intensity, sampled as one batch."""
+                  intensities: list[float], steps: int, sampler: str, seed: int, cfg_audio: float = 1.0,
+                  cfg_expression: float = 1.0) -> list[Video]:
+    """Every (identity, speech, emotion, k) of the sweep plus the audio-predicted intensity, sampled as one batch
+    (classifier-free guidance scales as in `EmoDiffPipeline.sample`; 1 = none)."""
     resolution = pipeline.settings["resolution"]
     jobs, conditions = [], []
     if world.size != resolution:
@@ -159,7 +161,8 @@ def sample_videos(pipeline: EmoDiffPipeline, world: SyntheticWorld, identities: 
                         intensity=torch.as_tensor(schedule, dtype=torch.float32),
                         emotion_weights=torch.as_tensor(weights)))
     frames: list[list[np.ndarray]] = [[] for _ in jobs]
-    for _, batch in pipeline.sample(conditions, steps=steps, sampler=sampler, seeds=range(len(jobs))):
+    for _, batch in pipeline.sample(conditions, steps=steps, sampler=sampler, cfg_audio=cfg_audio,
+                                    cfg_expression=cfg_expression, seeds=range(len(jobs))):
         for v, frame in batch.items():
             frames[v].append(((frame.permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8))
     videos = []
@@ -244,7 +247,7 @@ def evaluate(config: DictConfig, out: Path) -> dict:
     if videos is None:
         torch.manual_seed(ev.seed)
         videos = _video_cache(out, sample_videos(pipeline, world, identities, speeches, intensities, ev.steps,
-                                                 ev.sampler, ev.seed))
+                                                 ev.sampler, ev.seed, ev.cfg_audio, ev.cfg_expression))
     generated = [reader.read(v.frames) for v in videos]
     truth = [reader.read(v.truth) for v in videos]
     identity_images = {i: world.render(world.identity(i), np.zeros((1, N_PARAMS))) for i in identities}
@@ -273,7 +276,8 @@ def evaluate(config: DictConfig, out: Path) -> dict:
         "readout": json.loads((out / "readout" / "model" / "metrics.json").read_text()),
         "goals": GOALS,
         "counts": {"videos": len(videos), "frames_per_video": int(ev.frames), "held_out_identities": identities,
-                   "speech_clips": int(ev.audio_clips), "steps": int(ev.steps), "sampler": ev.sampler},
+                   "speech_clips": int(ev.audio_clips), "steps": int(ev.steps), "sampler": ev.sampler,
+                   "cfg_audio": float(ev.cfg_audio), "cfg_expression": float(ev.cfg_expression)},
     }
     write_json_atomic(out / "metrics.json", metrics)
     _plots(out, videos, generated, truth, speeches, intensities, tests, predicted)
@@ -356,7 +360,8 @@ def write_report(config: DictConfig, out: Path, metrics: dict) -> Path:
         f"World seed {config.world.seed}: {config.world.identities} training identities × {config.world.clips} clips × "
         f"{config.world.frames} frames at {config.world.size} px; held-out identities {counts['held_out_identities']} "
         f"(never in the store), {counts['speech_clips']} held-out speech clip(s) of {counts['frames_per_video']} frames; "
-        f"{counts['videos']} videos sampled with {counts['sampler']} × {counts['steps']} steps. Every number is also "
+        f"{counts['videos']} videos sampled with {counts['sampler']} × {counts['steps']} steps, guidance scales audio "
+        f"{counts['cfg_audio']:g} / expression {counts['cfg_expression']:g}. Every number is also "
         "given for the world's true render of the same request (the ceiling the readout allows).", "",
         "## Goals", "", "| metric | goal | generated | missed by | true render |", "|---|---|---|---|---|",
     ]
