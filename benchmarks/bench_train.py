@@ -72,7 +72,8 @@ def main() -> None:
         for name in args.configs:
             config = load_config(ROOT / "configs" / f"denoiser_{name}.yaml")
             batch_size = args.batch_size or config.train.batch_size
-            dataset = FrameDataset(store, window=config.data.window, resolution=config.data.resolution)
+            dataset = FrameDataset(store, window=config.data.window, resolution=config.data.resolution,
+                                   identity_source=config.data.identity_source)
             first = dataset.clips[0]
             unet = DenoisingUNet(sample_size=config.data.resolution, window=config.data.window,
                                  audio_dim=first.audio_feats.shape[1], expression_dim=first.expression.shape[1],

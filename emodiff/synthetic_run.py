@@ -134,8 +134,8 @@ class Video:
 
 
 def sample_videos(pipeline: EmoDiffPipeline, world: SyntheticWorld, identities: list[int], speeches: list[Speech],
-                  intensities: list[float], steps: int, sampler: str, seed: int, cfg_audio: float = 1.0,
-                  cfg_expression: float = 1.0) -> list[Video]:
+                  intensities: list[float], steps: int, sampler: str, seed: int, cfg_audio: float,
+                  cfg_expression: float) -> list[Video]:
     """Every (identity, speech, emotion, k) of the sweep plus the audio-predicted intensity, sampled as one batch
     (classifier-free guidance scales as in `EmoDiffPipeline.sample`; 1 = none)."""
     resolution = pipeline.settings["resolution"]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from emodiff.data.labels import EMOTIONS
+from emodiff.data.labels import EMOTIONS, NEUTRAL
 from emodiff.data.store import Clip, ClipStore
 
 MOUTH = slice(48, 68)  # iBUG-68 mouth points
@@ -87,8 +87,10 @@ class FrameDataset(Dataset):
         self.clips = [c for c in (self.store.clip(i) for i in ids) if c.has_audio]
         if not self.clips:
             raise ValueError(f"no clips with audio features in {self.store.root}")
-        neutral = {c.identity: c for c in reversed(self.clips) if c.emotion == "neutral" and c.identity is not None}
-        self.identity_clips = [neutral.get(c.identity, c) if identity_source == "neutral" else c for c in self.clips]
+        self.identity_clips = self.clips
+        if identity_source == "neutral":  # each person's first neutral clip
+            neutral = {c.identity: c for c in reversed(self.clips) if c.emotion == EMOTIONS[NEUTRAL] and c.identity is not None}
+            self.identity_clips = [neutral.get(c.identity, c) for c in self.clips]
         self.window = window
         self.resolution = resolution
         self.seed = seed
