@@ -75,4 +75,8 @@ def run(args: argparse.Namespace) -> int:
     pipeline = assemble(args.denoiser, args.store, args.out, args.expression, args.intensity)
     present = [name for name, component in pipeline.components().items() if component is not None]
     print(f"pipeline with {', '.join(present)} written to {args.out}")
+    reference = pipeline.expression_reference.config
+    if reference.neutral_source != "neutral clips":
+        print(f"The store has no neutral clips: the neutral expression e_n is the mean of each clip's calmest 10 % of "
+              f"frames (as for prepare's pseudo intensity). Emotions: {', '.join(reference.emotions)}.")
     return 0

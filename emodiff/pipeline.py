@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from emodiff import __version__
 from emodiff.control import expression_condition, parse_emotions, parse_intensity
 from emodiff.data.datasets import frames_to_tensor, window_indices
+from emodiff.data.expression import least_expressive_frames
 from emodiff.data.labels import EMOTIONS, NEUTRAL
 from emodiff.data.store import ClipStore
 from emodiff.diffusion.schedulers import make_scheduler, scheduler_model_output
@@ -48,17 +49,24 @@ class ExpressionReference(ModelMixin, ConfigMixin):
     """The neutral expression e_n (D,) and one target expression e_y (D,) per emotion (eq. 14–15).
 
     They are e_n and e_y when the pipeline has no expression generator (with one, G synthesises both).
+    `emotions` names the emotions the training store has (None: every emotion, as pipelines saved before it
+    was recorded); `neutral_source` says where e_n came from ("neutral clips" or "calmest frames").
     """
 
     @register_to_config
-    def __init__(self, expression_dim: int = 50, num_emotions: int = len(EMOTIONS)) -> None:
+    def __init__(self, expression_dim: int = 50, num_emotions: int = len(EMOTIONS), emotions: list[str] | None = None,
+                 neutral_source: str = "neutral clips") -> None:
         super().__init__()
         self.register_buffer("neutral", torch.zeros(expression_dim))
         self.register_buffer("targets", torch.zeros(num_emotions, expression_dim))
 
     @classmethod
     def from_store(cls, store: ClipStore) -> "ExpressionReference":
-        """e_n = mean expression of the neutral clips; e_y = mean expression of emotion y at its strongest level."""
+        """e_n = mean expression of the neutral clips; e_y = mean expression of emotion y at its strongest level.
+
+        A store without neutral clips (HDTF-style or emotional-only data) takes e_n from the reference `emodiff
+        prepare` uses for its pseudo intensity there: the mean of each clip's calmest 10 % of frames.
+        """
         per_emotion: dict[str, list[np.ndarray]] = {name: [] for name in EMOTIONS}
         strongest: dict[str, int] = {}
         clips = [store.clip(i) for i in store.clip_ids()]
@@ -68,10 +76,16 @@ class ExpressionReference(ModelMixin, ConfigMixin):
         for clip in clips:
             if clip.emotion in per_emotion and (clip.emotion == "neutral" or (clip.level or 0) == strongest[clip.emotion]):
                 per_emotion[clip.emotion].append(np.asarray(clip.expression, dtype=np.float32))
-        if not per_emotion["neutral"]:
-            raise EmodiffError(f"The store {store.root} has no neutral clips to take the neutral expression from.")
-        neutral = np.concatenate(per_emotion["neutral"]).mean(0)
-        reference = cls(expression_dim=len(neutral))
+        if per_emotion["neutral"]:
+            neutral, source = np.concatenate(per_emotion["neutral"]).mean(0), "neutral clips"
+        else:
+            calmest = []
+            for clip in clips:
+                expression = np.asarray(clip.expression, dtype=np.float32)
+                calmest.append(expression[least_expressive_frames(expression, np.zeros(expression.shape[1]))])
+            neutral, source = np.concatenate(calmest).mean(0), "calmest frames"
+        present = [name for name in EMOTIONS if per_emotion[name] or name == "neutral"]
+        reference = cls(expression_dim=len(neutral), emotions=present, neutral_source=source)
         reference.neutral.copy_(torch.from_numpy(neutral))
         for e, name in enumerate(EMOTIONS):
             if per_emotion[name]:
@@ -79,6 +93,16 @@ class ExpressionReference(ModelMixin, ConfigMixin):
             else:
                 reference.targets[e].copy_(reference.neutral)
         return reference
+
+    def check_emotions(self, emotion_weights: np.ndarray) -> None:
+        """Refuse, in one sentence, an emotion (a column of the (T, E) weights in use) the store had no clips of."""
+        known = self.config.emotions
+        if known is None:
+            return
+        missing = [EMOTIONS[e] for e in np.flatnonzero(np.asarray(emotion_weights).any(0)) if EMOTIONS[e] not in known]
+        if missing:
+            raise EmodiffError(f"This pipeline was trained without {', '.join(missing)} clips, so it cannot show "
+                               f"{' or '.join(missing)}; it knows: {', '.join(known)}.")
 
 
 @dataclass
@@ -216,6 +240,7 @@ class EmoDiffPipeline:
         """
         n_frames = len(emotion_weights)
         reference = self.expression_reference
+        reference.check_emotions(emotion_weights)
         neutral = reference.neutral.cpu().numpy()
         targets = reference.targets.cpu().numpy()[:, None].repeat(n_frames, 1)  # (E, T, D)
         generator_model = self.expression_generator

@@ -61,7 +61,7 @@ def test_assembled_folder_loads_with_every_run_and_samples(runs):
     n = 3
     k = np.linspace(0, 1, n)
     weights = np.zeros((n, len(EMOTIONS)), np.float32)
-    weights[:, EMOTIONS.index("happy")] = 1
+    weights[:, EMOTIONS.index("angry")] = 1
     video = VideoConditions(identity=torch.zeros(3, 16, 16), audio=torch.as_tensor(np.asarray(clip.audio_feats[:n], np.float32)),
                             expression=torch.as_tensor(pipeline.expression_sequence(weights, k), dtype=torch.float32),
                             intensity=torch.as_tensor(k, dtype=torch.float32), emotion_weights=torch.as_tensor(weights))
@@ -88,3 +88,22 @@ def test_bundled_demo_checkpoint_loads_complete():
     demo = EmoDiffPipeline.from_pretrained(Path(assemble.__file__).parent / "assets" / "demo")
     assert demo.settings["resolution"] == 32 and demo.settings["audio_features"] == "mel"
     assert all(component is not None for name, component in demo.components().items() if name != "super_resolution")
+
+
+def test_store_without_neutral_clips_assembles_from_its_calmest_frames(runs, tmp_path, capsys):
+    root, _ = runs
+    emotional = make_store(tmp_path / "emotional", n_identities=2, clips_per_identity=2, n_frames=32, size=16,
+                           emotions=("happy", "sad"), levels=(3,), seed=3)
+    out = tmp_path / "pipeline"
+    assert assemble.run(_args(denoiser=root / "denoiser", store=emotional.root, out=out)) == 0
+    assert "no neutral clips" in capsys.readouterr().out
+    reference = EmoDiffPipeline.from_pretrained(out).expression_reference
+    assert reference.config.neutral_source == "calmest frames"
+    assert reference.config.emotions == ["neutral", "happy", "sad"]
+    # e_n is far closer to the world's neutral (the origin) than the happy target is
+    happy = reference.targets[EMOTIONS.index("happy")]
+    assert reference.neutral.norm() < 0.5 * happy.norm()
+    weights = np.zeros((4, len(EMOTIONS)), np.float32)
+    weights[:, EMOTIONS.index("angry")] = 1
+    with pytest.raises(EmodiffError, match=r"trained without angry clips, so it cannot show angry; it knows: neutral, happy, sad\."):
+        EmoDiffPipeline.from_pretrained(out).expression_sequence(weights, np.ones(4, np.float32))

@@ -1,4 +1,4 @@
-"""Expression GAN: samples are recognised as their emotion; ablations run; exact resume."""
+"""Expression GAN: samples are recognised as their emotion, G(neutral) is neutral; ablations run; exact resume."""
 
 from __future__ import annotations
 
@@ -16,19 +16,24 @@ D = 8
 T = 64
 
 
-def make_store(root, clips_per_emotion: int, seed: int = 0) -> tuple[ClipStore, dict[str, np.ndarray]]:
-    """Clips whose expressions are an emotion direction × a fluctuating intensity + noise (neutral: noise
-    only), at level 3; plus level-1 clips of the wrong direction that the level filter must drop."""
+NEUTRAL_OFFSET = np.linspace(-0.3, 0.3, D)  # the neutral face is not the origin of the expression space
+
+
+def make_store(root, clips_per_emotion: int, seed: int = 0, neutral: bool = True) -> tuple[ClipStore, dict[str, np.ndarray]]:
+    """MEAD's layout: neutral clips (noise around NEUTRAL_OFFSET) at level 1 only; emotional clips whose
+    expressions are NEUTRAL_OFFSET + an emotion direction × a fluctuating intensity + noise at level 3, plus
+    level-1 clips of the opposite direction that the level filter must drop."""
     directions = {name: np.random.default_rng(100 + i).normal(size=D) for i, name in enumerate(USED)}
     rng = np.random.default_rng(seed)
     directions["neutral"] = np.zeros(D)
     store = ClipStore.create(root)
-    for name in USED:
+    for name in USED if neutral else USED[1:]:
         for c in range(clips_per_emotion):
-            for level, direction in ((3, directions[name]), (1, -directions[name])):
+            pairs = ((1, directions[name]),) if name == "neutral" else ((3, directions[name]), (1, -directions[name]))
+            for level, direction in pairs:
                 t = np.arange(T) / 25.0
                 k = 0.7 + 0.25 * np.sin(2 * np.pi * rng.uniform(0.3, 1.0) * t + rng.uniform(0, 6.3))
-                expression = k[:, None] * direction + rng.normal(0, 0.15, (T, D))
+                expression = NEUTRAL_OFFSET + k[:, None] * direction + rng.normal(0, 0.15, (T, D))
                 cid = f"{name}_{level}_{c:02d}"
                 store.write_clip(cid, {"expression": expression, "intensity": k},
                                  {"emotion": name, "level": level, "fps": 25})
@@ -51,7 +56,7 @@ class SequenceClassifier(nn.Module):
 def real_windows(store: ClipStore, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for clip in store.clips():
-        if clip.level == 3:
+        if clip.level == 3 or clip.emotion == "neutral":
             for s in range(0, T - length + 1, 8):
                 xs.append(np.asarray(clip.expression[s:s + length]))
                 ys.append(USED.index(clip.emotion))
@@ -104,10 +109,17 @@ def test_generated_sequences_are_recognised_as_their_emotion(tmp_path):
     assert accuracy > 0.8
     # Along each emotion's direction the samples reach the real intensity (mean k = 0.7), so the
     # level-1 clips of the opposite direction were filtered out.
+    offset = torch.tensor(NEUTRAL_OFFSET, dtype=torch.float32)
     for i, name in enumerate(USED[1:], start=1):
         u = torch.tensor(directions[name], dtype=torch.float32)
-        k = (fake[target == i] @ u / u.dot(u)).mean().item()
+        k = ((fake[target == i] - offset) @ u / u.dot(u)).mean().item()
         assert 0.55 < k < 0.85, (name, k)
+    # G learned neutral although MEAD has neutral clips at level 1 only: its mean lies close to the neutral
+    # clips' mean (NEUTRAL_OFFSET), far closer than any emotion's.
+    neutral_error = (fake[target == 0].mean((0, 1)) - offset).norm().item()
+    emotion_distance = min(torch.tensor(directions[name], dtype=torch.float32).norm().item() * 0.7 for name in USED[1:])
+    print(f"|mean G(neutral) - neutral clips' mean| = {neutral_error:.3f} (nearest emotion at {emotion_distance:.3f})")
+    assert neutral_error < 0.25 * emotion_distance
     # Samples vary with the noise (not one fixed sequence per emotion).
     assert fake[:n].std(dim=0).mean() > 0.02
 
@@ -132,7 +144,7 @@ def test_ablations_and_exact_resume(tmp_path):
 
 
 def test_level_filter_and_bad_config(tmp_path, capsys):
-    make_store(tmp_path / "store", clips_per_emotion=1)
+    make_store(tmp_path / "store", clips_per_emotion=1, neutral=False)
     args = ["train", "expression", "--store", str(tmp_path / "store"), "--output-dir", str(tmp_path / "r"), *TINY]
     assert main([*args, "data.levels=[2]"]) == 1
     assert "Nothing to train on" in capsys.readouterr().err

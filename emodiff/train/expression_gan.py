@@ -3,7 +3,8 @@
   emodiff train expression --store STORE [--config configs/expression_gan.yaml] [--output-dir DIR] [--resume latest]
   accelerate launch -m emodiff.train.expression_gan --store STORE
 
-Trains on windows of labelled clips of the configured MEAD levels (the strongest, 3, by default).
+Trains on windows of labelled clips of the configured MEAD levels (the strongest, 3, by default) and on every
+neutral clip whatever its level: MEAD records neutral at level 1 only, and G must learn e_n = G(neutral, z) too.
 Ablations: `model.use_local_discriminator=false` (no D_l), `model.global_discriminator.temporal=conv`
 (no TCN). The generator is saved to OUTPUT_DIR/generator.
 """
@@ -72,7 +73,7 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     levels = config.data.levels
 
     def keep(clip: Clip) -> bool:
-        return clip.emotion in EMOTIONS and (levels is None or clip.level in levels)
+        return clip.emotion in EMOTIONS and (levels is None or clip.level in levels or clip.emotion == "neutral")
 
     dataset = sequence_dataset(config, keep=keep)
     training = TrainingRun(config, "expression", resume)
