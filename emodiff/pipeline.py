@@ -33,6 +33,7 @@ from emodiff.data.datasets import frames_to_tensor, window_indices
 from emodiff.data.expression import least_expressive_frames
 from emodiff.data.labels import EMOTIONS, NEUTRAL
 from emodiff.data.store import ClipStore
+from emodiff.diffusion.gaussian import GaussianDiffusion
 from emodiff.diffusion.schedulers import make_scheduler, scheduler_model_output
 from emodiff.errors import EmodiffError
 
@@ -41,7 +42,7 @@ SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpmsolver++"}
 COMPONENTS = ("unet", "reference_net", "expression_reference", "expression_generator",
               "intensity_predictor", "super_resolution")
 OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_resolution")
-SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model")
+SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model", "motion_noise")
 _LOADABLE_PACKAGE = "emodiff."  # model_index.json may only name classes of this package
 
 
@@ -127,9 +128,14 @@ class EmoDiffPipeline:
     def __init__(self, unet: ModelMixin, reference_net: ModelMixin, expression_reference: ExpressionReference,
                  expression_generator: ModelMixin | None = None, intensity_predictor: ModelMixin | None = None,
                  super_resolution: ModelMixin | None = None, *, diffusion: dict, resolution: int, window: int = 2,
-                 fps: float = 25.0, audio_features: str = "mel", audio_model: str | None = None) -> None:
+                 fps: float = 25.0, audio_features: str = "mel", audio_model: str | None = None,
+                 motion_noise: int = 0) -> None:
         """`diffusion` is the training config's diffusion section (beta_schedule, num_train_timesteps): the
-        sampler of each call is made from it by `make_scheduler`, so DDPM, DDIM and DPM-Solver++ share its β_t."""
+        sampler of each call is made from it by `make_scheduler`, so DDPM, DDIM and DPM-Solver++ share its β_t.
+        `motion_noise` is the level s (a diffusion step) the motion frames are noised to before each frame
+        (the denoiser's `train.motion_noise_sampling`; 0 = clean motion frames, the paper)."""
+        if motion_noise and getattr(unet, "motion_noise_embedding", None) is None:
+            raise EmodiffError("motion_noise needs a denoiser trained with motion-frame noise (train.motion_noise_max > 0).")
         self.unet = unet
         self.reference_net = reference_net
         self.expression_reference = expression_reference
@@ -138,7 +144,7 @@ class EmoDiffPipeline:
         self.super_resolution = super_resolution
         self.settings = {"diffusion": {key: diffusion[key] for key in ("beta_schedule", "num_train_timesteps")},
                          "resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features,
-                         "audio_model": audio_model}
+                         "audio_model": audio_model, "motion_noise": int(motion_noise)}
 
     # ----------------------------------------------------------------------------------------- storage
     def components(self) -> dict[str, object | None]:
@@ -215,7 +221,7 @@ class EmoDiffPipeline:
                    ExpressionReference.from_store(store), expression_generator, intensity_predictor,
                    diffusion=OmegaConf.to_container(config.diffusion), resolution=config.data.resolution,
                    window=config.data.window, fps=meta.get("fps", 25.0), audio_features=audio.get("kind", "mel"),
-                   audio_model=audio.get("model"))
+                   audio_model=audio.get("model"), motion_noise=config.train.get("motion_noise_sampling", 0))
 
     def modules(self) -> list[torch.nn.Module]:
         return [c for c in self.components().values() if isinstance(c, torch.nn.Module)]
@@ -322,9 +328,13 @@ class EmoDiffPipeline:
         whether it is sampled alone or in a batch. Videos that end drop out of the batch. Besides the
         windows, the UNet gets each frame's dominant emotion and k, which the intensity-control encoder
         variants (renorm, concat, scaling; framewise paper Table 3) use instead of the expression window.
+        With the `motion_noise` setting s > 0 the motion frames are noised to level s first (q_sample), as in
+        training, so the grain of generated frames does not build up over the video.
         """
         device, dtype = self.device, self.unet.dtype
         scheduler = self.make_sampler(sampler, steps)
+        motion_noise = self.settings["motion_noise"]
+        diffusion = GaussianDiffusion.from_config(self.settings["diffusion"])
         seeds = list(seeds) if seeds is not None else [0] * len(videos)
         generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
         rows = [(True, True)]
@@ -344,9 +354,16 @@ class EmoDiffPipeline:
             active = [v for v in range(len(videos)) if i < lengths[v]]
             index = torch.tensor(active, device=device)
             windows = [window_indices(i, n, lengths[v]) for v in active]
+            frame_generators = [generators[v] for v in active]
+            motion = torch.cat([previous[0][index], previous[1][index]], 1)
+            level = torch.full((len(active),), motion_noise, device=device)
+            if motion_noise:
+                noise = torch.stack([torch.randn(motion.shape[1:], generator=g, device=device) for g in frame_generators])
+                motion = diffusion.q_sample(motion, level, noise.to(dtype)).to(dtype)
             conditions = {
                 "identity": identity[index],
-                "motion": torch.cat([previous[0][index], previous[1][index]], 1),
+                "motion": motion,
+                "motion_noise": level,
                 "audio": torch.stack([videos[v].audio[w] for v, w in zip(active, windows)]).to(device, dtype),
                 "expression": torch.stack([videos[v].expression[w] for v, w in zip(active, windows)]).to(device, dtype),
                 "emotion": torch.stack([videos[v].emotion_weights[i].argmax() for v in active]).to(device),
@@ -356,7 +373,6 @@ class EmoDiffPipeline:
             inputs["reference_features"] = [per_row(f[index]) for f in reference_features]
             keep = torch.tensor(rows, device=device).repeat_interleave(len(active), 0)
             inputs.update(audio_keep=keep[:, 0], expression_keep=keep[:, 1])
-            frame_generators = [generators[v] for v in active]
             x = torch.stack([torch.randn(identity.shape[1:], generator=g, device=device) for g in frame_generators])
             x = x * scheduler.init_noise_sigma
             scheduler.set_timesteps(steps, device=device)  # also resets multistep state between frames

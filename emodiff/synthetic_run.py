@@ -16,6 +16,8 @@ every emotion and with the audio-predicted intensity, and the readout scores the
 - lip sync: Pearson r between the readout's mouth opening and the true mouth opening of the speech;
 - identity: PSNR / SSIM of the frames against the world's true render of the same identity with the asked
   expression and the speech's mouth (no readout involved);
+- drift: PSNR against the true render per frame of longer videos (`evaluation.drift_frames`), frames 1–10 vs the
+  last 10;
 - intensity predictor: Pearson r between predicted and true k(t) on held-out speech of every level.
 
 Every number is also computed on the true renders (the ceiling the readout allows). OUT/report.md, metrics.json,
@@ -51,7 +53,9 @@ from emodiff.train import denoiser, expression_gan, intensity, readout
 from emodiff.train.common import CONFIG_DIR, load_config
 
 DEFAULT_CONFIG = CONFIG_DIR / "synthetic_run.yaml"
-GOALS = {"spearman": 0.9, "emotion_accuracy": 0.8, "mouth_pearson": 0.6}
+GOALS = {"spearman": 0.9, "spearman_gap": 0.05, "emotion_accuracy": 0.85, "mouth_pearson": 0.7, "psnr": 26.0,
+         "ssim": 0.85, "drift_db": 1.0, "k0_gap": 0.1, "flie_ratio": 2.0}
+DRIFT_WINDOW = 10  # frames averaged at the start and at the end of a drift video
 _TEST_STREAM = 7  # the world's random stream of held-out speech
 EMOTIONAL = [e for e in range(len(EMOTIONS)) if e != NEUTRAL]
 N_PARAMS = len(EXPRESSION_PARAMS)
@@ -135,9 +139,9 @@ class Video:
 
 def sample_videos(pipeline: EmoDiffPipeline, world: SyntheticWorld, identities: list[int], speeches: list[Speech],
                   intensities: list[float], steps: int, sampler: str, seed: int, cfg_audio: float,
-                  cfg_expression: float) -> list[Video]:
-    """Every (identity, speech, emotion, k) of the sweep plus the audio-predicted intensity, sampled as one batch
-    (classifier-free guidance scales as in `EmoDiffPipeline.sample`; 1 = none)."""
+                  cfg_expression: float, audio_intensity: bool) -> list[Video]:
+    """Every (identity, speech, emotion, k) of the sweep, plus the audio-predicted intensity if `audio_intensity`,
+    sampled as one batch (classifier-free guidance scales as in `EmoDiffPipeline.sample`; 1 = none)."""
     resolution = pipeline.settings["resolution"]
     jobs, conditions = [], []
     if world.size != resolution:
@@ -149,7 +153,7 @@ def sample_videos(pipeline: EmoDiffPipeline, world: SyntheticWorld, identities: 
             for emotion in EMOTIONAL:
                 weights = np.zeros((n_frames, len(EMOTIONS)), np.float32)
                 weights[:, emotion] = 1.0
-                for k in [*intensities, None]:
+                for k in [*intensities, *([None] if audio_intensity else [])]:
                     schedule = (parse_intensity("audio", n_frames, world.fps, audio_features=speech.features,
                                                 predictor=pipeline.intensity_predictor) if k is None
                                 else np.full(n_frames, k, np.float32))
@@ -175,9 +179,8 @@ def sample_videos(pipeline: EmoDiffPipeline, world: SyntheticWorld, identities: 
 
 
 
-def _video_cache(out: Path, videos: list[Video] | None = None) -> list[Video] | None:
-    """Save the sampled videos to OUT/samples.npz (atomically), or load them when `videos` is None and it exists."""
-    path = out / "samples.npz"
+def _video_cache(path: Path, videos: list[Video] | None = None) -> list[Video] | None:
+    """Save the sampled videos to `path` (.npz, atomically), or load them when `videos` is None and it exists."""
     fields = ("identity", "emotion", "k", "speech")
     if videos is None:
         if not path.is_file():
@@ -189,7 +192,7 @@ def _video_cache(out: Path, videos: list[Video] | None = None) -> list[Video] | 
     arrays = {"jobs": np.array(json.dumps([{f: getattr(v, f) for f in fields} for v in videos]))}
     for i, v in enumerate(videos):
         arrays.update({f"condition{i}": v.condition, f"frames{i}": v.frames, f"truth{i}": v.truth})
-    tmp = out / f".samples.tmp-{os.getpid()}.npz"
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
     np.savez_compressed(tmp, **arrays)
     os.replace(tmp, path)
     return videos
@@ -243,11 +246,20 @@ def evaluate(config: DictConfig, out: Path) -> dict:
     identities = list(range(w.identities, w.identities + w.held_out))
     speeches = [held_out_speech(world, ev.frames, i, level=(2, 3, 1)[i % 3]) for i in range(ev.audio_clips)]
     intensities = [float(k) for k in ev.intensities]
-    videos = _video_cache(out)
+    videos = _video_cache(out / "samples.npz")
     if videos is None:
         torch.manual_seed(ev.seed)
-        videos = _video_cache(out, sample_videos(pipeline, world, identities, speeches, intensities, ev.steps,
-                                                 ev.sampler, ev.seed, ev.cfg_audio, ev.cfg_expression))
+        videos = _video_cache(out / "samples.npz", sample_videos(pipeline, world, identities, speeches, intensities,
+                                                                 ev.steps, ev.sampler, ev.seed, ev.cfg_audio,
+                                                                 ev.cfg_expression, audio_intensity=True))
+    # drift: every emotion at k = drift_k for each held-out identity, speaking one long held-out clip
+    drift_speech = held_out_speech(world, ev.drift_frames, 100, level=2)
+    drift_videos = _video_cache(out / "samples_drift.npz")
+    if drift_videos is None:
+        drift_videos = _video_cache(out / "samples_drift.npz", sample_videos(
+            pipeline, world, identities, [drift_speech], [float(ev.drift_k)], ev.steps, ev.sampler, ev.seed,
+            ev.cfg_audio, ev.cfg_expression, audio_intensity=False))
+    drift_curve = np.mean([[psnr(t, f) for t, f in zip(v.truth, v.frames)] for v in drift_videos], axis=0)
     generated = [reader.read(v.frames) for v in videos]
     truth = [reader.read(v.truth) for v in videos]
     identity_images = {i: world.render(world.identity(i), np.zeros((1, N_PARAMS))) for i in identities}
@@ -258,6 +270,10 @@ def evaluate(config: DictConfig, out: Path) -> dict:
     metrics = {
         "generated": score(videos, generated, speeches, intensities),
         "truth": score(videos, truth, speeches, intensities),
+        "drift": {"psnr_by_frame": drift_curve.tolist(), "psnr_first": float(drift_curve[:DRIFT_WINDOW].mean()),
+                  "psnr_last": float(drift_curve[-DRIFT_WINDOW:].mean()),
+                  "drift_db": float(drift_curve[:DRIFT_WINDOW].mean() - drift_curve[-DRIFT_WINDOW:].mean()),
+                  "videos": len(drift_videos), "frames": int(ev.drift_frames), "k": float(ev.drift_k)},
         "identity": {
             "psnr": float(np.mean([psnr(v.truth, v.frames) for v in videos])),
             "ssim": float(np.mean([ssim(v.truth, v.frames) for v in videos])),
@@ -275,19 +291,20 @@ def evaluate(config: DictConfig, out: Path) -> dict:
                                    for v, r in zip(videos, generated) if v.k is None],
         "readout": json.loads((out / "readout" / "model" / "metrics.json").read_text()),
         "goals": GOALS,
-        "counts": {"videos": len(videos), "frames_per_video": int(ev.frames), "held_out_identities": identities,
+        "counts": {"videos": len(videos), "frames_per_video": int(ev.frames), "training_steps": int(
+                       config.stages.denoiser.overrides.train.max_steps), "held_out_identities": identities,
                    "speech_clips": int(ev.audio_clips), "steps": int(ev.steps), "sampler": ev.sampler,
                    "cfg_audio": float(ev.cfg_audio), "cfg_expression": float(ev.cfg_expression)},
     }
     write_json_atomic(out / "metrics.json", metrics)
-    _plots(out, videos, generated, truth, speeches, intensities, tests, predicted)
+    _plots(out, videos, generated, truth, speeches, intensities, tests, predicted, drift_curve)
     return metrics
 
 
 
 def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeches: list[Speech],
-           intensities: list[float], tests: list[Speech], predicted: list[np.ndarray]) -> None:
-    """linearity.png, mouth.png, intensity.png and contact_sheet.png in OUT (PNG via matplotlib, Agg)."""
+           intensities: list[float], tests: list[Speech], predicted: list[np.ndarray], drift_curve: np.ndarray) -> None:
+    """linearity.png, mouth.png, intensity.png, drift.png and contact_sheet.png in OUT (PNG via matplotlib, Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,6 +348,17 @@ def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeche
     fig.savefig(out / "intensity.png", dpi=80)
     plt.close(fig)
 
+    fig, ax = plt.subplots(figsize=(6, 2.4))
+    ax.plot(np.arange(1, len(drift_curve) + 1), drift_curve, "-")
+    for span in (slice(0, DRIFT_WINDOW), slice(-DRIFT_WINDOW, None)):
+        frames = np.arange(1, len(drift_curve) + 1)[span]
+        ax.hlines(drift_curve[span].mean(), frames[0], frames[-1], colors="k", linestyles="--")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("PSNR vs true render (dB)")
+    fig.tight_layout()
+    fig.savefig(out / "drift.png", dpi=80)
+    plt.close(fig)
+
     # rows: emotions of the first held-out identity and speech; columns: the k sweep, audio-predicted k, true render
     first = videos[0].identity
     middle = len(videos[0].frames) // 2
@@ -348,26 +376,58 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
+def goal_rows(metrics: dict) -> list[tuple[str, str, float, bool, float, str]]:
+    """(metric, goal, generated value, met, missed by, true-render value) for each goal of GOALS."""
+    gen, true, ident, drift = metrics["generated"], metrics["truth"], metrics["identity"], metrics["drift"]
+    emotions = list(gen["per_emotion"])
+    rho_gap = max(true["per_emotion"][e]["spearman"] - gen["per_emotion"][e]["spearman"] for e in emotions)
+    k0_gap = max(abs(gen["per_emotion"][e]["projection_by_k"][0] - true["per_emotion"][e]["projection_by_k"][0])
+                 for e in emotions)
+    flie_ratio = gen["flie_readout_mean"] / max(true["flie_readout_mean"], 1e-12)
+
+    def at_least(value: float, goal: float) -> tuple[bool, float]:
+        return value >= goal, max(0.0, goal - value)
+
+    def at_most(value: float, goal: float) -> tuple[bool, float]:
+        return value <= goal, max(0.0, value - goal)
+
+    return [
+        ("Spearman ρ(k, readout · d), mean over emotions", f"≥ {GOALS['spearman']}", gen["spearman_mean"],
+         *at_least(gen["spearman_mean"], GOALS["spearman"]), f"{true['spearman_mean']:.3f}"),
+        ("ρ shortfall against the true render, worst emotion", f"≤ {GOALS['spearman_gap']}", rho_gap,
+         *at_most(rho_gap, GOALS["spearman_gap"]), "0"),
+        ("EmoAcc at k = 1 (readout emotion head)", f"≥ {GOALS['emotion_accuracy']}", gen["emotion_accuracy"],
+         *at_least(gen["emotion_accuracy"], GOALS["emotion_accuracy"]), f"{true['emotion_accuracy']:.3f}"),
+        ("Pearson r(readout mouth, true mouth of the speech)", f"≥ {GOALS['mouth_pearson']}", gen["mouth_pearson"],
+         *at_least(gen["mouth_pearson"], GOALS["mouth_pearson"]), f"{true['mouth_pearson']:.3f}"),
+        ("PSNR against the true render (dB)", f"≥ {GOALS['psnr']:g}", ident["psnr"], *at_least(ident["psnr"], GOALS["psnr"]), "∞"),
+        ("SSIM against the true render", f"≥ {GOALS['ssim']}", ident["ssim"], *at_least(ident["ssim"], GOALS["ssim"]), "1"),
+        (f"drift: PSNR of frames 1–{DRIFT_WINDOW} − last {DRIFT_WINDOW} of {drift['frames']} (dB)",
+         f"≤ {GOALS['drift_db']:g}", drift["drift_db"], *at_most(drift["drift_db"], GOALS["drift_db"]), "0"),
+        ("|projection at k = 0 − true render's|, worst emotion", f"≤ {GOALS['k0_gap']}", k0_gap,
+         *at_most(k0_gap, GOALS["k0_gap"]), "0"),
+        ("FLIE of the readout ÷ the true renders'", f"≤ {GOALS['flie_ratio']:g}", flie_ratio,
+         *at_most(flie_ratio, GOALS["flie_ratio"]), "1"),
+    ]
+
+
 def write_report(config: DictConfig, out: Path, metrics: dict) -> Path:
     """OUT/report.md: the setting, every number against its goal, per-emotion tables and the figures."""
     gen, true = metrics["generated"], metrics["truth"]
-    ident, vae, counts = metrics["identity"], metrics["intensity_predictor"], metrics["counts"]
-    rows = [("Spearman ρ(k, readout · d) (mean over emotions)", "spearman", gen["spearman_mean"], true["spearman_mean"]),
-            ("EmoAcc at k = 1 (readout emotion head)", "emotion_accuracy", gen["emotion_accuracy"], true["emotion_accuracy"]),
-            ("Pearson r(readout mouth, true mouth of the speech)", "mouth_pearson", gen["mouth_pearson"], true["mouth_pearson"])]
+    ident, vae, counts, drift = metrics["identity"], metrics["intensity_predictor"], metrics["counts"], metrics["drift"]
     lines = [
         f"# Synthetic end-to-end run (profile `{config.profile}`)", "",
         f"World seed {config.world.seed}: {config.world.identities} training identities × {config.world.clips} clips × "
         f"{config.world.frames} frames at {config.world.size} px; held-out identities {counts['held_out_identities']} "
         f"(never in the store), {counts['speech_clips']} held-out speech clip(s) of {counts['frames_per_video']} frames; "
         f"{counts['videos']} videos sampled with {counts['sampler']} × {counts['steps']} steps, guidance scales audio "
-        f"{counts['cfg_audio']:g} / expression {counts['cfg_expression']:g}. Every number is also "
+        f"{counts['cfg_audio']:g} / expression {counts['cfg_expression']:g}; drift from {drift['videos']} videos of "
+        f"{drift['frames']} frames at k = {drift['k']:g}. Every number is also "
         "given for the world's true render of the same request (the ceiling the readout allows).", "",
-        "## Goals", "", "| metric | goal | generated | missed by | true render |", "|---|---|---|---|---|",
+        "## Goals", "", "| metric | goal | generated | met | missed by | true render |", "|---|---|---|---|---|---|",
     ]
-    for name, key, value, ceiling in rows:
-        goal = GOALS[key]
-        lines.append(f"| {name} | ≥ {goal} | {_fmt(value)} | {_fmt(max(0.0, goal - value))} | {_fmt(ceiling)} |")
+    for name, goal, value, met, missed, ceiling in goal_rows(metrics):
+        lines.append(f"| {name} | {goal} | {_fmt(value)} | {'yes' if met else 'no'} | {_fmt(missed)} | {ceiling} |")
     lines += [
         "", "## Other numbers", "",
         f"- FLIE (eq. 20, 7 emotional parameters, mean over emotions): readout of generated {_fmt(gen['flie_readout_mean'])}, "
@@ -380,17 +440,21 @@ def write_report(config: DictConfig, out: Path, metrics: dict) -> Path:
         f"- Readout (held-out world seed): R² mouth_open {_fmt(metrics['readout']['r2']['mouth_open'])}, emotion "
         f"accuracy at k ≥ 0.5 {_fmt(metrics['readout']['emotion_accuracy_k_ge_0.5'])}.",
         "", "## Per emotion", "",
-        "| emotion | ρ generated | ρ true | FLIE readout | FLIE condition | readout · d at k = " +
-        ", ".join(f"{k:g}" for k in config.evaluation.intensities) + " |", "|---|---|---|---|---|---|",
+        "| emotion | ρ generated | ρ true | FLIE readout | FLIE readout, true | readout · d at k = " +
+        ", ".join(f"{k:g}" for k in config.evaluation.intensities) + " | same, true render |", "|---|---|---|---|---|---|---|",
     ]
     for name, e in gen["per_emotion"].items():
-        lines.append(f"| {name} | {_fmt(e['spearman'])} | {_fmt(true['per_emotion'][name]['spearman'])} | "
-                     f"{e['flie_readout']:.2f} | {e['flie_condition']:.2f} | "
-                     + ", ".join(f"{p:.2f}" for p in e["projection_by_k"]) + " |")
+        t = true["per_emotion"][name]
+        lines.append(f"| {name} | {_fmt(e['spearman'])} | {_fmt(t['spearman'])} | {e['flie_readout']:.2f} | "
+                     f"{t['flie_readout']:.2f} | " + ", ".join(f"{p:.2f}" for p in e["projection_by_k"]) + " | "
+                     + ", ".join(f"{p:.2f}" for p in t["projection_by_k"]) + " |")
     lines += ["", "## Figures", "",
               "![linearity](linearity.png)", "", "Readout projected on each emotion's direction against k.", "",
               "![mouth](mouth.png)", "", "Mouth opening over time at k = 1: the speech's truth and the readouts.", "",
               "![intensity](intensity.png)", "", "Intensity predicted from held-out speech against the true k(t).", "",
+              "![drift](drift.png)", "", f"PSNR against the true render per frame of the {drift['frames']}-frame videos "
+              f"(mean over videos); dashed: the first and last {DRIFT_WINDOW} frames' means "
+              f"({drift['psnr_first']:.2f} / {drift['psnr_last']:.2f} dB).", "",
               "![contact sheet](contact_sheet.png)", "",
               "Contact sheet: one held-out identity, middle frame; rows " + ", ".join(EMOTIONS[e] for e in EMOTIONAL) +
               "; columns k = " + ", ".join(f"{k:g}" for k in config.evaluation.intensities) +

@@ -10,7 +10,7 @@ import pytest
 from emodiff import synthetic_run
 from emodiff.errors import EmodiffError
 
-TINY = ["world.identities=2", "world.held_out=1", "world.clips=2", "world.frames=12", "world.size=16",
+TINY = ["world.identities=3", "world.held_out=1", "world.clips=8", "world.frames=12", "world.size=16",
         "stages.denoiser.overrides.data.resolution=16", "stages.denoiser.overrides.train.max_steps=2",
         "stages.denoiser.overrides.train.batch_size=4",
         "stages.expression.overrides.data.window=8", "stages.expression.overrides.train.max_steps=2",
@@ -20,7 +20,7 @@ TINY = ["world.identities=2", "world.held_out=1", "world.clips=2", "world.frames
         "stages.readout.overrides.train.max_steps=2", "stages.readout.overrides.train.batch_size=8",
         "stages.readout.overrides.train.num_workers=0", "stages.readout.overrides.train.eval_samples=16",
         "evaluation.intensities=[0,0.5,1]", "evaluation.audio_clips=1", "evaluation.frames=6", "evaluation.steps=1",
-        "evaluation.intensity_clips=4"]
+        "evaluation.intensity_clips=4", "evaluation.drift_frames=20"]
 
 
 def _run(out, overrides=TINY, profile=None) -> int:
@@ -40,9 +40,10 @@ def test_tiny_run_writes_a_complete_report_and_resumes_without_retraining(tmp_pa
     # the true renders are the request itself: identity PSNR of the truth is what the generated frames aim at
     assert metrics["identity"]["psnr_identity_image"] > 10
     report = (out / "report.md").read_text()
-    for needed in ("≥ 0.9", "≥ 0.8", "≥ 0.6", "FLIE", "PSNR", "Intensity VAE", "contact_sheet.png"):
+    for needed in ("≥ 0.9", "≥ 0.85", "≥ 0.7", "≥ 26", "≤ 1", "FLIE", "PSNR", "Intensity VAE", "drift.png", "contact_sheet.png"):
         assert needed in report
-    for figure in ("linearity.png", "mouth.png", "intensity.png", "contact_sheet.png"):
+    assert len(metrics["drift"]["psnr_by_frame"]) == 20 and metrics["drift"]["videos"] == 7
+    for figure in ("linearity.png", "mouth.png", "intensity.png", "drift.png", "contact_sheet.png"):
         assert (out / figure).stat().st_size > 1000
     samples = (out / "samples.npz").stat().st_mtime_ns
     capsys.readouterr()

@@ -140,23 +140,30 @@ class GaussianDiffusion:
         eye_mask: torch.Tensor | None = None,
         lambda_lip: float = 0.0,
         lambda_eye: float = 0.0,
+        min_snr_gamma: float | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-sample terms of eq. 16: L_simple + λ_vlb·L_vlb + λ_lip·L_lip + λ_eye·L_eye.
 
         L_vlb is estimated from the sampled t as T·L_t, with the ε half of the output detached so
         that it trains only the variance (improved DDPM's hybrid objective; λ_vlb = 0.001 at T = 1000
-        matches ADM). L_lip and L_eye are the ε-MSE inside the mouth and eye masks.
+        matches ADM). L_lip and L_eye are the ε-MSE inside the mouth and eye masks. With `min_snr_gamma` γ the
+        ε terms are weighted by min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1 − ᾱ_t) (Min-SNR-γ, Hang et al. 2023, eq. 8 for
+        ε-prediction), which stops the nearly clean steps from dominating the gradient.
         """
         eps, v = model_output.chunk(2, dim=1)
-        losses = {"simple": (noise - eps).square().flatten(1).mean(1)}
+        weight = torch.ones_like(t, dtype=eps.dtype)
+        if min_snr_gamma is not None:
+            snr = self._gather(self.alphas_cumprod / (1.0 - self.alphas_cumprod), t, t)
+            weight = snr.clamp(max=min_snr_gamma) / snr
+        losses = {"simple": weight * (noise - eps).square().flatten(1).mean(1)}
         frozen = torch.cat([eps.detach(), v], dim=1)
         losses["vlb"] = self.num_timesteps * self.vlb_terms(frozen, x0, x_t, t)
         loss = losses["simple"] + lambda_vlb * losses["vlb"]
         if mouth_mask is not None:
-            losses["lip"] = masked_mse(noise, eps, mouth_mask)
+            losses["lip"] = weight * masked_mse(noise, eps, mouth_mask)
             loss = loss + lambda_lip * losses["lip"]
         if eye_mask is not None:
-            losses["eye"] = masked_mse(noise, eps, eye_mask)
+            losses["eye"] = weight * masked_mse(noise, eps, eye_mask)
             loss = loss + lambda_eye * losses["eye"]
         losses["loss"] = loss
         return losses

@@ -256,7 +256,10 @@ class DenoisingUNet(ModelMixin, ConfigMixin):
     expression condition and ReferenceNet identity features.
 
     Audio and expression embeddings are replaced by learned null embeddings where `audio_keep` /
-    `expression_keep` is False (classifier-free guidance, DESIGN §5.1).
+    `expression_keep` is False (classifier-free guidance, DESIGN §5.1). With `motion_noise_conditioning`
+    the motion frames may arrive noised to a level s (a diffusion timestep, `GaussianDiffusion.q_sample`) and
+    s is embedded like t and added to t's embedding: the conditioning augmentation of cascaded diffusion
+    models (Ho et al. 2021, §3.2), which keeps the grain of generated motion frames from accumulating.
     """
 
     _supports_gradient_checkpointing = True
@@ -279,9 +282,11 @@ class DenoisingUNet(ModelMixin, ConfigMixin):
         expression_encoder: str = "interpolation",
         num_emotions: int = 8,
         attention_backend: str = "sdpa",
+        motion_noise_conditioning: bool = False,
     ):
         super().__init__()
         self.time_embedding = TimestepEncoder(base_channels, embedding_dim)
+        self.motion_noise_embedding = TimestepEncoder(base_channels, embedding_dim) if motion_noise_conditioning else None
         self.audio_embedding = WindowEncoder(audio_dim, window, embedding_dim)
         self.expression_embedding = build_expression_encoder(expression_encoder, expression_dim, window,
                                                            embedding_dim, num_emotions)
@@ -311,12 +316,18 @@ class DenoisingUNet(ModelMixin, ConfigMixin):
         intensity: torch.Tensor | None = None,
         audio_keep: torch.Tensor | None = None,
         expression_keep: torch.Tensor | None = None,
+        motion_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x_t (B,3,H,W), timesteps (B,) or scalar, identity (B,3,H,W), motion (B,6,H,W),
-        audio (B,2n+1,F), expression (B,2n+1,D) → ε ⊕ v (B,6,H,W)."""
+        audio (B,2n+1,F), expression (B,2n+1,D) → ε ⊕ v (B,6,H,W). `motion_noise` (B,) or scalar is the
+        noise level of the motion frames (0, clean, when not given; used with motion_noise_conditioning)."""
         timesteps = torch.as_tensor(timesteps, device=x_t.device).expand(x_t.shape[0])
+        time = self.time_embedding(timesteps)
+        if self.motion_noise_embedding is not None:
+            level = torch.as_tensor(0 if motion_noise is None else motion_noise, device=x_t.device).expand(x_t.shape[0])
+            time = time + self.motion_noise_embedding(level)
         embeddings = (
-            self.time_embedding(timesteps),
+            time,
             self._keep(self.audio_embedding(audio), self.audio_null, audio_keep),
             self._keep(self.expression_embedding(expression, emotion, intensity), self.expression_null, expression_keep),
         )

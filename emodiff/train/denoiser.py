@@ -49,14 +49,20 @@ def compute_losses(batch: dict[str, torch.Tensor], unet: torch.nn.Module, refere
     # the first frame at sampling time, so the mouth and the expression must come from the conditions.
     motion_dropped = torch.rand(b, device=x0.device) < config.train.motion_drop
     motion = torch.where(motion_dropped[:, None, None, None], batch["identity"].repeat(1, 2, 1, 1), batch["motion"])
+    # Conditioning augmentation (beyond the paper): motion frames noised to a random level s < motion_noise_max,
+    # s given to the UNet; sampling noises its generated motion frames to a fixed small level.
+    motion_noise = torch.randint(0, max(config.train.motion_noise_max, 1), (b,), device=x0.device)
+    if config.train.motion_noise_max:
+        motion = diffusion.q_sample(motion, motion_noise, torch.randn_like(motion))
     out = unet(x_t, t, identity=batch["identity"], motion=motion, audio=batch["audio"],
                expression=batch["expression"], reference_features=reference_net(batch["identity"]),
                emotion=batch["emotion"], intensity=batch["intensity"], audio_keep=audio_keep,
-               expression_keep=expression_keep)
+               expression_keep=expression_keep, motion_noise=motion_noise)
     d = config.diffusion
     losses = diffusion.training_losses(out.float(), x0, x_t, t, noise, lambda_vlb=d.lambda_vlb,
                                        mouth_mask=batch["mouth_mask"], eye_mask=batch["eye_mask"],
-                                       lambda_lip=d.lambda_lip, lambda_eye=d.lambda_eye)
+                                       lambda_lip=d.lambda_lip, lambda_eye=d.lambda_eye,
+                                       min_snr_gamma=d.min_snr_gamma)
     losses = {k: v.mean() for k, v in losses.items()}
     encoder = extract_model_from_parallel(unet).expression_embedding
     if hasattr(encoder, "norm_loss"):  # the renorm variant's L_norm (framewise intensity paper eq. 2)
@@ -96,7 +102,7 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     first = dataset.clips[0]
     unet = DenoisingUNet(sample_size=config.data.resolution, window=config.data.window,
                          audio_dim=first.audio_feats.shape[1], expression_dim=first.expression.shape[1],
-                         **OmegaConf.to_container(config.unet))
+                         motion_noise_conditioning=tc.motion_noise_max > 0, **OmegaConf.to_container(config.unet))
     unet.audio_embedding.set_statistics(*dataset.feature_statistics("audio_feats"))
     if isinstance(unet.expression_embedding, WindowEncoder):  # the variants without an expression window have none
         unet.expression_embedding.set_statistics(*dataset.feature_statistics("expression"))
