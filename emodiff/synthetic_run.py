@@ -242,6 +242,8 @@ def evaluate(config: DictConfig, out: Path) -> dict:
     ev, w = config.evaluation, config.world
     world = SyntheticWorld(w.seed, w.size)
     pipeline = EmoDiffPipeline.from_pretrained(out / "pipeline")
+    if ev.motion_noise is not None:  # compare sampling-time motion-frame noise levels on one trained pipeline
+        pipeline.settings["motion_noise"] = int(ev.motion_noise)
     reader = ExpressionReadout.from_pretrained(out / "readout" / "model").eval()
     identities = list(range(w.identities, w.identities + w.held_out))
     speeches = [held_out_speech(world, ev.frames, i, level=(2, 3, 1)[i % 3]) for i in range(ev.audio_clips)]
@@ -294,7 +296,8 @@ def evaluate(config: DictConfig, out: Path) -> dict:
         "counts": {"videos": len(videos), "frames_per_video": int(ev.frames), "training_steps": int(
                        config.stages.denoiser.overrides.train.max_steps), "held_out_identities": identities,
                    "speech_clips": int(ev.audio_clips), "steps": int(ev.steps), "sampler": ev.sampler,
-                   "cfg_audio": float(ev.cfg_audio), "cfg_expression": float(ev.cfg_expression)},
+                   "cfg_audio": float(ev.cfg_audio), "cfg_expression": float(ev.cfg_expression),
+                   "motion_noise": pipeline.settings["motion_noise"]},
     }
     write_json_atomic(out / "metrics.json", metrics)
     _plots(out, videos, generated, truth, speeches, intensities, tests, predicted, drift_curve)
@@ -421,7 +424,8 @@ def write_report(config: DictConfig, out: Path, metrics: dict) -> Path:
         f"{config.world.frames} frames at {config.world.size} px; held-out identities {counts['held_out_identities']} "
         f"(never in the store), {counts['speech_clips']} held-out speech clip(s) of {counts['frames_per_video']} frames; "
         f"{counts['videos']} videos sampled with {counts['sampler']} × {counts['steps']} steps, guidance scales audio "
-        f"{counts['cfg_audio']:g} / expression {counts['cfg_expression']:g}; drift from {drift['videos']} videos of "
+        f"{counts['cfg_audio']:g} / expression {counts['cfg_expression']:g}, motion frames noised to level "
+        f"{counts['motion_noise']}; drift from {drift['videos']} videos of "
         f"{drift['frames']} frames at k = {drift['k']:g}. Every number is also "
         "given for the world's true render of the same request (the ceiling the readout allows).", "",
         "## Goals", "", "| metric | goal | generated | met | missed by | true render |", "|---|---|---|---|---|---|",

@@ -1,11 +1,13 @@
 """End to end in the synthetic world (DESIGN §11): a denoiser trained briefly on CPU obeys k and the audio.
 
-A small 16² synthetic store (4 identities: a neutral clip and three happy clips each), the tiny denoiser
-config trained with `emodiff.train.denoiser.train`, the real `EmoDiffPipeline` whose `ExpressionReference`
-holds the world's truth (e_n = the origin, e_y = the happy direction), and a readout trained on renders with
-`emodiff.train.readout.train`. Frames sampled for a training identity speaking fresh speech at k = 0, 0.5, 1
-must show (a) the readout's happy projection rising with k (eq. 14–15 realised in pixels) and (b) the
-readout's mouth opening following the speech's true mouth opening (Pearson over frames).
+A small 16² synthetic store (4 identities: a neutral clip at level 1, as in MEAD, and three happy clips each),
+the expression generator trained on it with `emodiff.train.expression_gan.train` (level 3 and the neutral
+clips), the tiny denoiser config trained with `emodiff.train.denoiser.train`, the real `EmoDiffPipeline` with
+that generator, which supplies e_n = G(neutral, z) and e_y = G(happy, z), and a readout trained on renders with
+`emodiff.train.readout.train`. The generator's neutral must be the world's neutral (the origin). Frames sampled
+for a training identity speaking fresh speech at k = 0, 0.5, 1 must show (a) the readout's happy projection
+rising with k (eq. 14–15 realised in pixels) and (b) the readout's mouth opening following the speech's true
+mouth opening (Pearson over frames).
 
 In the happy clips k is drawn afresh every frame, so the motion frames do not show the target's intensity;
 the tiny config takes the identity frame from the person's neutral clip and drops the motion frames half the
@@ -21,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from emodiff.data.labels import emotion_index
@@ -30,14 +31,16 @@ from emodiff.data.synthetic import EMOTION_DIRECTIONS, EXPRESSION_DIM, EXPRESSIO
 from emodiff.models.readout import ExpressionReadout
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.sample import to_uint8
+from emodiff.models.expression_gan import ExpressionGenerator
+from emodiff.train.common import CONFIG_DIR
 from emodiff.train.denoiser import train as train_denoiser
+from emodiff.train.expression_gan import train as train_expression_gan
 from emodiff.train.readout import DEFAULT_CONFIG as READOUT_CONFIG
 from emodiff.train.readout import train as train_readout
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE, FPS, N_FRAMES = 16, 25, 50
 SEED = 0
-DENOISER_STEPS, READOUT_STEPS, SAMPLING_STEPS = 3000, 800, 10
+DENOISER_STEPS, READOUT_STEPS, SAMPLING_STEPS, GENERATOR_STEPS = 3000, 800, 10, 300
 LEARNING_RATE, WARMUP_STEPS = 1e-3, 50
 LEVELS_OF_K = (0.0, 0.5, 1.0)
 EMOTION = "happy"
@@ -48,6 +51,7 @@ EMOTION = "happy"
 PROJECTION_STEP = 0.05   # each step of k (0 → 0.5 → 1) raises the happy projection by more than this
 PROJECTION_RISE = 0.15   # and k = 0 → 1 by more than this
 MOUTH_R = 0.4            # Pearson r of the mouth readout with the speech's mouth at every k (chance: |r| < 0.28)
+NEUTRAL_NORM = 0.15      # |G(neutral)| in the 8 expression parameters, frame mean (G(happy) reaches about 0.9)
 
 
 def jump_intensities(store: ClipStore, world: SyntheticWorld, rng: np.random.Generator) -> None:
@@ -67,22 +71,32 @@ def jump_intensities(store: ClipStore, world: SyntheticWorld, rng: np.random.Gen
                                     "expression": expression, "intensity": k}, {})
 
 
-def train_world(root: Path, seed: int) -> tuple[EmoDiffPipeline, ExpressionReadout, SyntheticWorld]:
-    """Store, denoiser, pipeline with the true e_n/e_y, and readout of one synthetic world."""
+def train_generator(store: ClipStore, output_dir: Path, seed: int) -> ExpressionGenerator:
+    """The expression generator of the shipped config (strongest level and the neutral clips), made small."""
+    config = OmegaConf.load(CONFIG_DIR / "expression_gan.yaml")
+    config.merge_with({"seed": seed, "output_dir": str(output_dir), "data": {"store": str(store.root), "window": 32},
+                       "model": {"generator": {"hidden": 64}, "global_discriminator": {"hidden": 64, "n_blocks": 3},
+                                 "local_discriminator": {"hidden": 64}},
+                       "train": {"max_steps": GENERATOR_STEPS, "checkpoint_every": GENERATOR_STEPS, "batch_size": 8,
+                                 "generator_lr": 2e-3, "discriminator_lr": 1e-3}})
+    return ExpressionGenerator.from_pretrained(train_expression_gan(config)).eval()
+
+
+def train_world(root: Path, seed: int, denoiser_overrides: tuple[str, ...] = ()) -> tuple[EmoDiffPipeline, ExpressionReadout, SyntheticWorld]:
+    """Store, expression generator, denoiser (tiny config, `key=value` overrides on top), pipeline and readout of one
+    synthetic world."""
     store = make_store(root / "store", n_identities=4, clips_per_identity=4, n_frames=N_FRAMES, size=SIZE, fps=FPS,
                        emotions=("neutral", EMOTION), levels=(1, 2, 3), seed=seed)
     world = SyntheticWorld(seed, SIZE, FPS)
+    generator = train_generator(store, root / "expression", seed)  # on the MEAD-like levels, before the jumps
     jump_intensities(store, world, np.random.default_rng(seed))
-    config = OmegaConf.load(ROOT / "configs" / "denoiser_tiny.yaml")
+    config = OmegaConf.load(CONFIG_DIR / "denoiser_tiny.yaml")
     config.merge_with({"seed": seed, "output_dir": str(root / "denoiser"), "data": {"store": str(store.root)},
                        "train": {"max_steps": DENOISER_STEPS, "learning_rate": LEARNING_RATE, "warmup_steps": WARMUP_STEPS,
                                  "validate_every": DENOISER_STEPS,
                                  "checkpoint_every": DENOISER_STEPS}})
-    pipeline = EmoDiffPipeline.from_training(train_denoiser(config), store)
-    reference = pipeline.expression_reference
-    reference.neutral.zero_()
-    reference.targets.zero_()
-    reference.targets[:, :len(EXPRESSION_PARAMS)] = torch.from_numpy(EMOTION_DIRECTIONS)
+    config.merge_with(OmegaConf.from_dotlist(list(denoiser_overrides)))
+    pipeline = EmoDiffPipeline.from_training(train_denoiser(config), store, expression_generator=generator)
     readout_config = OmegaConf.load(READOUT_CONFIG)
     readout_config.merge_with({
         "seed": seed, "output_dir": str(root / "readout"), "world": {"seed": seed},
@@ -93,11 +107,13 @@ def train_world(root: Path, seed: int) -> tuple[EmoDiffPipeline, ExpressionReado
 
 
 def measure(pipeline: EmoDiffPipeline, readout: ExpressionReadout, world: SyntheticWorld, seed: int) -> dict:
-    """Readout of frames sampled at each k for identity 0 speaking fresh speech: mean happy projection per k
-    and the Pearson correlation of the mouth readout with the speech's true mouth opening per k."""
+    """Readout of frames sampled at each k for identity 0 speaking fresh speech: mean happy projection per k,
+    the Pearson correlation of the mouth readout with the speech's true mouth opening per k, and the norm of
+    the generator's neutral e_n (the k = 0 condition) in the expression parameters."""
     audio, mouth = world.speech(N_FRAMES, 0.5, np.random.default_rng([seed, 1]))
     identity = world.render(world.identity(0), np.zeros((1, len(EXPRESSION_PARAMS))))[0]
-    videos = [pipeline.conditions(identity, audio, EMOTION, k, aligned=True) for k in LEVELS_OF_K]
+    videos = [pipeline.conditions(identity, audio, EMOTION, k, aligned=True, seed=seed) for k in LEVELS_OF_K]
+    neutral_norm = float(np.linalg.norm(videos[0].expression[:, :len(EXPRESSION_PARAMS)].numpy(), axis=1).mean())
     frames: list[list[np.ndarray]] = [[] for _ in videos]
     for _, batch in pipeline.sample(videos, steps=SAMPLING_STEPS, seeds=[seed] * len(videos), progress=False):
         for v, frame in batch.items():
@@ -108,7 +124,7 @@ def measure(pipeline: EmoDiffPipeline, readout: ExpressionReadout, world: Synthe
         expression, _ = readout.read(np.stack(video))
         projection.append(float((expression @ direction).mean()))
         mouth_r.append(float(np.corrcoef(expression[:, MOUTH_OPEN], mouth)[0, 1]))
-    return {"projection": projection, "mouth_r": mouth_r}
+    return {"projection": projection, "mouth_r": mouth_r, "neutral_norm": neutral_norm}
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +132,12 @@ def measured(tmp_path_factory) -> dict:
     pipeline, readout, world = train_world(tmp_path_factory.mktemp("world"), SEED)
     result = measure(pipeline, readout, world, SEED)
     print(f"\nhappy projection at k = {LEVELS_OF_K}: {np.round(result['projection'], 4).tolist()}; "
-          f"mouth r: {np.round(result['mouth_r'], 3).tolist()}")
+          f"mouth r: {np.round(result['mouth_r'], 3).tolist()}; |G(neutral)| {result['neutral_norm']:.3f}")
     return result
+
+
+def test_generator_neutral_is_neutral(measured):
+    assert measured["neutral_norm"] < NEUTRAL_NORM
 
 
 def test_expression_readout_rises_with_k(measured):
