@@ -332,6 +332,19 @@ def test_framewise_metrics_closed_forms():
     assert framewise.audio_onset_beats(_bursts([10, 25, 40], 50), 25).tolist() == [10, 25, 40]
 
 
+def test_diversity_samples_pairs_of_large_sets_without_bias():
+    rng = np.random.default_rng(0)
+    videos = [rng.normal(size=(1000, 50)) * rng.uniform(0.5, 2.0, 50), rng.normal(1.0, 1.0, (800, 50))]
+    pooled = np.concatenate(videos)
+    n = len(pooled)
+    brute = sum(np.linalg.norm(pooled[i + 1:] - pooled[i], axis=1).sum() for i in range(n - 1)) / (n * (n - 1) / 2)
+    assert n * (n - 1) / 2 > framewise.DIVERSITY_PAIRS  # so the value is sampled
+    sampled = framewise.diversity(videos)
+    print(f"Diversity of 1800 frames: all pairs {brute:.5f}, {framewise.DIVERSITY_PAIRS} sampled pairs {sampled:.5f}")
+    assert sampled == pytest.approx(brute, rel=2e-3) and framewise.diversity(videos) == sampled  # fixed seed
+    assert framewise.diversity(videos, max_pairs=10**7) == pytest.approx(brute, rel=1e-12)  # every pair
+
+
 def _bursts(frames: list[int], n_frames: int, fps: int = 25) -> np.ndarray:
     """16 kHz audio, silent but for a 3-frame tone burst starting at each of `frames`."""
     hop = 16000 // fps

@@ -19,6 +19,8 @@ from emodiff.errors import EmodiffError
 # every video to --fps, 25 by default, so the smoothing spans 0.2 s).
 MOTION_SPEED_SIGMA_FRAMES = 5.0
 BEAT_SIGMA_FRAMES = 3.0
+DIVERSITY_PAIRS = 200_000  # frame pairs behind one Diversity value
+DIVERSITY_CHUNK = 16_384  # pairs whose differences are held at once
 
 
 def audio_onset_beats(audio16k: np.ndarray, fps: float, sample_rate: int = 16000) -> np.ndarray:
@@ -57,16 +59,27 @@ def beat_align(audio_beats: np.ndarray, facial_beats: np.ndarray, sigma: float =
     return float(np.exp(-(d.astype(np.float64) ** 2) / (2 * sigma**2)).mean())
 
 
-def diversity(expressions: Sequence[np.ndarray]) -> float:
-    """Diversity: mean Euclidean distance between all pairs of expression feature vectors, pooled over the
-    generated videos (frames, D each). Higher = more varied expressions."""
+def diversity(expressions: Sequence[np.ndarray], max_pairs: int = DIVERSITY_PAIRS, seed: int = 0) -> float:
+    """Diversity: mean Euclidean distance between two expression vectors of the generated videos (frames
+    pooled, D each; the framewise intensity paper's average feature distance, following Bailando). Every
+    pair of frames when there are at most `max_pairs`, else `max_pairs` pairs of distinct frames drawn
+    uniformly with a fixed seed (an unbiased estimate, relative error ≈ 0.1 %), so memory and time stay
+    linear in the number of frames. Higher = more varied expressions."""
     feats = np.concatenate([np.asarray(e, dtype=np.float64).reshape(-1, np.shape(e)[-1]) for e in expressions])
-    if len(feats) < 2:
-        raise EmodiffError("Diversity needs at least two expression vectors.")
-    sq = (feats**2).sum(axis=1)
-    dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * feats @ feats.T, 0.0))
     n = len(feats)
-    return float(dist.sum() / (n * (n - 1)))
+    if n < 2:
+        raise EmodiffError("Diversity needs at least two expression vectors.")
+    if n * (n - 1) // 2 <= max_pairs:
+        first, second = np.triu_indices(n, k=1)
+    else:
+        rng = np.random.default_rng(seed)
+        first = rng.integers(0, n, max_pairs)
+        second = (first + rng.integers(1, n, max_pairs)) % n  # uniform over the other n − 1 frames
+    total = 0.0
+    for start in range(0, len(first), DIVERSITY_CHUNK):
+        a, b = first[start:start + DIVERSITY_CHUNK], second[start:start + DIVERSITY_CHUNK]
+        total += np.linalg.norm(feats[a] - feats[b], axis=1).sum()
+    return float(total / len(first))
 
 
 def intensity_l2(target: np.ndarray, measured: np.ndarray) -> float:
