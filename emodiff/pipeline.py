@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from emodiff import __version__
 from emodiff.control import expression_condition, parse_emotions, parse_intensity
 from emodiff.data.datasets import frames_to_tensor, window_indices
+from emodiff.data.expression import strongest_level_expressions
 from emodiff.data.labels import EMOTIONS, NEUTRAL
 from emodiff.data.store import ClipStore
 from emodiff.diffusion.schedulers import make_scheduler, scheduler_model_output
@@ -59,25 +60,11 @@ class ExpressionReference(ModelMixin, ConfigMixin):
     @classmethod
     def from_store(cls, store: ClipStore) -> "ExpressionReference":
         """e_n = mean expression of the neutral clips; e_y = mean expression of emotion y at its strongest level."""
-        per_emotion: dict[str, list[np.ndarray]] = {name: [] for name in EMOTIONS}
-        strongest: dict[str, int] = {}
-        clips = [store.clip(i) for i in store.clip_ids()]
-        for clip in clips:
-            if clip.emotion in per_emotion:
-                strongest[clip.emotion] = max(strongest.get(clip.emotion, 0), clip.level or 0)
-        for clip in clips:
-            if clip.emotion in per_emotion and (clip.emotion == "neutral" or (clip.level or 0) == strongest[clip.emotion]):
-                per_emotion[clip.emotion].append(np.asarray(clip.expression, dtype=np.float32))
-        if not per_emotion["neutral"]:
-            raise EmodiffError(f"The store {store.root} has no neutral clips to take the neutral expression from.")
-        neutral = np.concatenate(per_emotion["neutral"]).mean(0)
+        neutral, targets = strongest_level_expressions(store)
         reference = cls(expression_dim=len(neutral))
-        reference.neutral.copy_(torch.from_numpy(neutral))
+        reference.neutral.copy_(torch.from_numpy(neutral.astype(np.float32)))
         for e, name in enumerate(EMOTIONS):
-            if per_emotion[name]:
-                reference.targets[e].copy_(torch.from_numpy(np.concatenate(per_emotion[name]).mean(0)))
-            else:
-                reference.targets[e].copy_(reference.neutral)
+            reference.targets[e].copy_(torch.from_numpy(targets.get(name, neutral).astype(np.float32)))
         return reference
 
 

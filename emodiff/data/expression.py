@@ -149,6 +149,25 @@ def raw_intensity(expression: np.ndarray, neutral: np.ndarray) -> np.ndarray:
     return np.abs(expression - neutral).sum(axis=1)
 
 
+def strongest_level_expressions(store: ClipStore) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """e_n, the mean expression of the store's neutral clips, and e_y per emotion, the mean expression of its
+    clips at the emotion's strongest level (eq. 14–15: k = 0 and k = 1)."""
+    clips = [c for c in (store.clip(i) for i in store.clip_ids()) if c.emotion is not None]
+    strongest: dict[str, int] = {}
+    for clip in clips:
+        strongest[clip.emotion] = max(strongest.get(clip.emotion, 0), clip.level or 0)
+    sums: dict[str, list] = {}
+    for clip in clips:
+        if clip.emotion == "neutral" or (clip.level or 0) == strongest[clip.emotion]:
+            expression = np.asarray(clip.expression, dtype=np.float64)
+            total = sums.setdefault(clip.emotion, [0.0, 0])
+            total[0], total[1] = total[0] + expression.sum(axis=0), total[1] + len(expression)
+    if "neutral" not in sums:
+        raise EmodiffError(f"The store {store.root} has no neutral clips to take the neutral expression from.")
+    means = {emotion: total / count for emotion, (total, count) in sums.items()}
+    return means.pop("neutral"), means
+
+
 class LandmarkExpression:
     """The `landmarks` extractor (module docstring): mesh → Procrustes → offsets → whitened PCA."""
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from emodiff.control.intensity import IntensityMeasure
 from emodiff.data.audio_features import check_speech
 from emodiff.data.labels import EMOTIONS, emotion_index
 from emodiff.data.store import write_json_atomic
@@ -260,7 +261,7 @@ def deca_expressions(reference: dict[str, Video], runs: dict[str, dict[str, Vide
 
 # ---------------------------------------------------------------------------------------------- metrics
 
-def fit_intensity_measure(reference: dict[str, Video]) -> framewise.IntensityMeasure:
+def fit_intensity_measure(reference: dict[str, Video]) -> IntensityMeasure:
     """Intensity-L2's fixed measure, fitted on the reference videos only: their neutral ones (emotion
     "neutral" or target intensity 0 throughout) give each identity's e_n, those with an emotion and a target
     intensity give the emotion's direction."""
@@ -269,17 +270,18 @@ def fit_intensity_measure(reference: dict[str, Video]) -> framewise.IntensityMea
                if v.emotion == "neutral" or (v.intensity is not None and not v.intensity.any())]
     emotional = [(v.emotion, v.identity_key, v.expression, v.intensity) for v in with_vectors
                  if v.emotion not in (None, "neutral") and v.intensity is not None]
-    return framewise.IntensityMeasure.fit(neutral, emotional)
+    return IntensityMeasure.fit(neutral, emotional)
 
 
-def describe_intensity_measure(measure: framewise.IntensityMeasure) -> str:
+def describe_intensity_measure(measure: IntensityMeasure) -> str:
     """One line for the report's settings: what Intensity-L2's measure was fitted on."""
     if not measure.emotions:
         return "none (no reference video with an emotion, a target intensity and expression vectors)"
     identities = {identity for _, identity in measure.directions if identity is not None}
+    neutral = [identity for identity in measure.neutral if identity is not None]
     return (f"k̂ = ⟨e − e_n, d_y⟩/‖d_y‖², fitted on the reference videos: d_y of {', '.join(measure.emotions)} "
-            f"(per identity for {len(identities)}, pooled for the others), e_n of {len(measure.neutral)} identities "
-            "(the others: the origin)")
+            f"(per identity for {len(identities)}, pooled for the others), e_n of {len(neutral)} identities (the "
+            f"others: {'the mean neutral reference' if None in measure.neutral else 'the origin'})")
 
 
 def _per_video(videos: dict[str, Video], compute: Callable[[Video], T], not_computed: dict[str, str]) -> dict[str, T]:

@@ -4,8 +4,7 @@ Intensity-L2.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -91,56 +90,3 @@ def intensity_l2(target: np.ndarray, measured: np.ndarray) -> float:
         raise EmodiffError("Intensity-L2 needs at least one frame.")
     return float(np.mean((target[:n] - measured[:n]) ** 2))
 
-
-@dataclass
-class IntensityMeasure:
-    """A fixed read-back of the intensity k from expression vectors, the inverse of EMOdiffhead eq. 14
-    (e = e_n + k·d_y): k̂_t = ⟨e_t − e_n, d_y⟩ / ‖d_y‖², with the neutral expression e_n of each identity and
-    the direction d_y of each emotion fitted once, on reference videos (`fit`). Every run is read with the
-    same measure, so a method that reaches half the asked intensity reads back k̂ = k/2."""
-
-    neutral: dict[str, np.ndarray]  # identity → e_n
-    directions: dict[tuple[str, str | None], np.ndarray]  # (emotion, identity) → d_y; identity None: all of them
-
-    @classmethod
-    def fit(cls, neutral: Iterable[tuple[str | None, np.ndarray]],
-            emotional: Iterable[tuple[str, str | None, np.ndarray, np.ndarray]]) -> "IntensityMeasure":
-        """`neutral`: (identity, expressions (T, D)) of neutral videos (k = 0); `emotional`: (emotion, identity,
-        expressions (T, D), target k (T,)). e_n = the mean of the identity's neutral frames, else the origin
-        of the expression space (the neutral face of `landmarks` vectors, FLAME's mean face for ψ); d_y =
-        the least-squares solution of e_t − e_n = k_t·d_y over the frames of the emotion, once per identity
-        (how that person shows it) and once over all identities (for the others)."""
-        sums: dict[str, list] = {}
-        for identity, expression in neutral:
-            if identity is not None:
-                total = sums.setdefault(identity, [0.0, 0])
-                total[0] = total[0] + np.asarray(expression, dtype=np.float64).sum(axis=0)
-                total[1] += len(expression)
-        measure = cls({identity: total / count for identity, (total, count) in sums.items() if count}, {})
-        moments: dict[tuple[str, str | None], list] = {}
-        for emotion, identity, expression, k in emotional:
-            k = np.asarray(k, dtype=np.float64)[: len(expression)]
-            offsets = measure.offsets(np.asarray(expression, dtype=np.float64)[: len(k)], identity)
-            for key in {(emotion, identity), (emotion, None)}:
-                moment = moments.setdefault(key, [0.0, 0.0])
-                moment[0] = moment[0] + k @ offsets
-                moment[1] += float(k @ k)
-        measure.directions = {key: kd / kk for key, (kd, kk) in moments.items() if kk > 0 and np.any(kd)}
-        return measure
-
-    @property
-    def emotions(self) -> list[str]:
-        """The emotions whose intensity can be read."""
-        return sorted({emotion for emotion, identity in self.directions if identity is None})
-
-    def offsets(self, expression: np.ndarray, identity: str | None) -> np.ndarray:
-        """e_t − e_n (the origin when the identity has no neutral reference)."""
-        return expression - self.neutral[identity] if identity in self.neutral else expression
-
-    def read(self, expression: np.ndarray, emotion: str | None, identity: str | None) -> np.ndarray:
-        """k̂_t (T,) of expressions (T, D) of `identity` showing `emotion`."""
-        if (emotion, None) not in self.directions:
-            raise EmodiffError(f"No reference video of the emotion '{emotion}' with a target intensity, so its "
-                               "intensity cannot be measured." if emotion else "The video has no emotion label.")
-        direction = self.directions.get((emotion, identity), self.directions[(emotion, None)])
-        return self.offsets(np.asarray(expression, dtype=np.float64), identity) @ direction / (direction @ direction)
