@@ -108,7 +108,11 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     parameters = list(unet.parameters()) + list(reference_net.parameters())
     ema = EMAModel(parameters, decay=tc.ema_decay)
     optimizer = torch.optim.AdamW(parameters, lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    unet, reference_net, optimizer = accelerator.prepare(unet, reference_net, optimizer)
+    if config.unet.reference_levels:
+        unet, reference_net, optimizer = accelerator.prepare(unet, reference_net, optimizer)
+    else:  # "w/o ReferenceNet": it has no parameters, which DistributedDataParallel refuses to wrap
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        reference_net.to(accelerator.device)
     ema.to(accelerator.device)
     diffusion = GaussianDiffusion.from_config(config.diffusion)
 
