@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from emodiff import __version__
 from emodiff.control import expression_condition, parse_emotions, parse_intensity
 from emodiff.data.datasets import frames_to_tensor, window_indices
-from emodiff.data.expression import least_expressive_frames
+from emodiff.data.expression import strongest_level_expressions
 from emodiff.data.labels import EMOTIONS, NEUTRAL
 from emodiff.data.store import ClipStore
 from emodiff.diffusion.gaussian import GaussianDiffusion
@@ -68,31 +68,14 @@ class ExpressionReference(ModelMixin, ConfigMixin):
         A store without neutral clips (HDTF-style or emotional-only data) takes e_n from the reference `emodiff
         prepare` uses for its pseudo intensity there: the mean of each clip's calmest 10 % of frames.
         """
-        per_emotion: dict[str, list[np.ndarray]] = {name: [] for name in EMOTIONS}
-        strongest: dict[str, int] = {}
-        clips = [store.clip(i) for i in store.clip_ids()]
-        for clip in clips:
-            if clip.emotion in per_emotion:
-                strongest[clip.emotion] = max(strongest.get(clip.emotion, 0), clip.level or 0)
-        for clip in clips:
-            if clip.emotion in per_emotion and (clip.emotion == "neutral" or (clip.level or 0) == strongest[clip.emotion]):
-                per_emotion[clip.emotion].append(np.asarray(clip.expression, dtype=np.float32))
-        if per_emotion["neutral"]:
-            neutral, source = np.concatenate(per_emotion["neutral"]).mean(0), "neutral clips"
-        else:
-            calmest = []
-            for clip in clips:
-                expression = np.asarray(clip.expression, dtype=np.float32)
-                calmest.append(expression[least_expressive_frames(expression, np.zeros(expression.shape[1]))])
-            neutral, source = np.concatenate(calmest).mean(0), "calmest frames"
-        present = [name for name in EMOTIONS if per_emotion[name] or name == "neutral"]
-        reference = cls(expression_dim=len(neutral), emotions=present, neutral_source=source)
-        reference.neutral.copy_(torch.from_numpy(neutral))
+        neutral, targets = strongest_level_expressions(store)
+        has_neutral = any(store.clip(i).emotion == "neutral" for i in store.clip_ids())
+        present = [name for name in EMOTIONS if name == "neutral" or name in targets]
+        reference = cls(expression_dim=len(neutral), emotions=present,
+                        neutral_source="neutral clips" if has_neutral else "calmest frames")
+        reference.neutral.copy_(torch.from_numpy(neutral.astype(np.float32)))
         for e, name in enumerate(EMOTIONS):
-            if per_emotion[name]:
-                reference.targets[e].copy_(torch.from_numpy(np.concatenate(per_emotion[name]).mean(0)))
-            else:
-                reference.targets[e].copy_(reference.neutral)
+            reference.targets[e].copy_(torch.from_numpy(targets.get(name, neutral).astype(np.float32)))
         return reference
 
     def check_emotions(self, emotion_weights: np.ndarray) -> None:

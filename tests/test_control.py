@@ -10,14 +10,7 @@ from emodiff.control import (interpolate_expression, parse_emotions, parse_inten
                              expression_condition)
 from emodiff.data.labels import EMOTIONS
 from emodiff.errors import EmodiffError
-
-
-def flie(per_k_expressions: list[np.ndarray]) -> float:
-    """FLIE, eq. 20 of EMOdiffhead: d_{i,j} = difference in dimension j between the mean expression
-    vector of intensity i and of intensity i−1; FLIE = Σ_j σ_i(d_{i,j}) / |μ_i(d_{i,j})|."""
-    means = np.stack([e.mean(axis=0) for e in per_k_expressions])
-    d = np.diff(means, axis=0)
-    return float((d.std(axis=0) / np.abs(d.mean(axis=0))).sum())
+from emodiff.metrics.linearity import flie
 
 
 def test_interpolation_moves_from_neutral_to_the_emotion():

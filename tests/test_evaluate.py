@@ -145,7 +145,7 @@ def test_harness_on_fixture_clips_ranks_degraded_copies(fixtures_dir, tmp_path):
 
 
 def _sweep(series: str, f, rng: np.random.Generator, n_frames: int = 30) -> dict[str, Video]:
-    """Videos of one series at constant k ∈ {0, .25, …, 1} and one per-frame schedule; the generator
+    """Happy videos of one series at constant k ∈ {0, .25, …, 1} and one per-frame schedule; the generator
     renders expression neutral + f(k)·direction + mouth motion."""
     neutral, direction, mouth_direction = rng.normal(size=(3, 8))
     mouth_direction -= (mouth_direction @ direction) / (direction @ direction) * direction  # speech ⟂ emotion
@@ -153,25 +153,35 @@ def _sweep(series: str, f, rng: np.random.Generator, n_frames: int = 30) -> dict
     frames = np.zeros((n_frames, 16, 16, 3), np.uint8)
     videos = {}
     for k in (0.0, 0.25, 0.5, 0.75, 1.0):
-        videos[f"{series}_k{k}"] = Video(frames=frames, fps=25.0, series=series, constant_intensity=k,
+        videos[f"{series}_k{k}"] = Video(frames=frames, fps=25.0, series=series, constant_intensity=k, emotion="happy",
                                          intensity=np.full(n_frames, k), expression=neutral + f(k) * direction + mouth)
     schedule = np.linspace(0, 1, n_frames)
-    videos[f"{series}_ramp"] = Video(frames=frames, fps=25.0, series=series, intensity=schedule,
+    videos[f"{series}_ramp"] = Video(frames=frames, fps=25.0, series=series, intensity=schedule, emotion="happy",
                                      expression=neutral + f(schedule)[:, None] * direction + mouth)
     return videos
 
 
+def _run(f) -> dict[str, Video]:
+    rng = np.random.default_rng(0)
+    return {**_sweep("a", f, rng), **_sweep("b", f, rng)}
+
+
 def test_harness_intensity_metrics_prefer_the_linear_generator(tmp_path):
-    rng = np.random.default_rng(0)
-    linear = {**_sweep("a", lambda k: k, rng), **_sweep("b", lambda k: k, rng)}
-    rng = np.random.default_rng(0)
-    nonlinear = {**_sweep("a", lambda k: np.asarray(k) ** 3, rng), **_sweep("b", lambda k: np.asarray(k) ** 3, rng)}
-    report = evaluate_runs(linear, {"linear": linear, "cubic": nonlinear}, Weights())
+    linear = _run(lambda k: k)
+    runs = {"linear": linear, "cubic": _run(lambda k: np.asarray(k) ** 3), "half": _run(lambda k: 0.5 * np.asarray(k)),
+            "ramps_only": {n: v for n, v in linear.items() if n.endswith("ramp")}}  # no constant-k video to calibrate on
+    report = evaluate_runs(linear, runs, Weights())
     m = report["metrics"]
-    print(f"FLIE linear {m['linear']['flie']:.3g} cubic {m['cubic']['flie']:.3g}; Intensity-L2 linear "
-          f"{m['linear']['intensity_l2']:.3g} cubic {m['cubic']['intensity_l2']:.3g}")
+    print({run: f"FLIE {row.get('flie', math.nan):.3g}, Intensity-L2 {row['intensity_l2']:.3g}" for run, row in m.items()})
     assert m["linear"]["flie"] == pytest.approx(0.0, abs=1e-9) and m["cubic"]["flie"] > 1
-    assert m["linear"]["intensity_l2"] == pytest.approx(0.0, abs=1e-12) and m["cubic"]["intensity_l2"] > 0.01
+    assert m["linear"]["intensity_l2"] < 1e-3 and m["cubic"]["intensity_l2"] > 0.01
+    # the measure is fitted once on the reference: half the asked intensity reads back as k/2, whose error
+    # is (k/2)² (FLIE cannot see a gain error: the half run is perfectly linear)
+    targets = np.concatenate([v.intensity for v in linear.values()])
+    assert m["half"]["intensity_l2"] == pytest.approx(np.mean((targets / 2) ** 2), rel=0.05)
+    assert m["half"]["flie"] == pytest.approx(0.0, abs=1e-9)
+    assert m["ramps_only"]["intensity_l2"] < 1e-3
+    assert "intensity measure" in report["settings"] and "happy" in report["settings"]["intensity measure"]
     assert m["linear"]["diversity"] > 0
     assert "lie" in report["skipped"] and "fid" in report["skipped"]
     names = {p.name for p in write_report(report, tmp_path)}
@@ -213,6 +223,50 @@ def _write_video(path: Path, frames: np.ndarray, fps: int = 25) -> None:
         container.mux(stream.encode())
 
 
+def _write_talking_video(folder: Path, name: str, audio: np.ndarray, expression: np.ndarray, sidecar: dict | None) -> None:
+    """A 32×32 video with `audio` muxed, its expression vectors and (optionally) its JSON sidecar."""
+    frames = np.full((len(expression), 32, 32, 3), 128, np.uint8)
+    frames[:, 8:24, 8:24] = (100 + 100 * np.tanh(expression[:, :1, None, None])).astype(np.uint8)
+    with media.VideoWriter(folder / f"{name}.mp4", 25, audio) as writer:
+        for frame in frames:
+            writer.write(frame)
+    np.save(folder / f"{name}.expression.npy", expression.astype(np.float32))
+    if sidecar is not None:
+        (folder / f"{name}.json").write_text(json.dumps(sidecar))
+
+
+def test_videos_that_cannot_be_measured_are_reported_and_the_rest_is_written(tmp_path, capsys):
+    from emodiff.data.synthetic import SyntheticWorld
+
+    world, rng = SyntheticWorld(size=32), np.random.default_rng(0)
+    direction = world.emotion_direction("happy")
+    ref, run, out = tmp_path / "ref", tmp_path / "half", tmp_path / "report"
+    ref.mkdir(), run.mkdir()
+    for name, n_frames, silent in (("talk", 75, False), ("quiet", 75, True), ("short", 4, False)):
+        k = world.intensity_curve(3, n_frames, rng)
+        audio, mouth = world.speech(n_frames, k, rng)
+        audio = np.zeros_like(audio) if silent else audio
+        for folder, gain in ((ref, 1.0), (run, 0.5)):
+            expression = gain * k[:, None] * direction
+            expression[:, 0] = mouth
+            sidecar = {"emotion": "happy", "identity": "a", "intensity": k.tolist()} if folder == ref else None
+            _write_talking_video(folder, name, audio, expression, sidecar)
+    (run / "broken.mp4").write_bytes(rng.integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    assert main(["evaluate", "--reference", str(ref), "--run", f"half={run}", "--aligned", "--landmarks", "none",
+                 "--expression", "none", "--size", "32", "--out", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    markdown = (out / "metrics.md").read_text()
+    with capsys.disabled():
+        print("\n" + markdown)
+    not_computed = report["extras"]["half"]["not_computed"]["beat_align"]
+    assert set(not_computed) == {"quiet", "short"} and "silent" in not_computed["quiet"] and "lasts" in not_computed["short"]
+    assert 0 <= report["metrics"]["half"]["beat_align"] <= 1  # from the one video with speech
+    assert "Beat Align, half/quiet: The video's audio is silent" in markdown
+    assert "Cannot read" in report["left_out"]["half/broken"] and "half/broken" in markdown
+    # the intensity measure is fitted on the reference: the run at half gain has the larger error
+    assert report["metrics"]["reference"]["intensity_l2"] < 0.01 < report["metrics"]["half"]["intensity_l2"]
+
+
 def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, tmp_path, capsys):
     protocol_src = tmp_path / "mead" / "M003" / "video" / "front" / "sad" / "level_3"
     protocol_src.mkdir(parents=True)
@@ -223,6 +277,7 @@ def test_evaluate_cli_end_to_end_and_protocol(fixtures_dir, tmp_path, capsys):
     assert len(rows) == 1 + 1 + 3 and rows[1].startswith("M003_sad_3_001,inputs/M003_sad_3_001.png")
     assert json.loads((tmp_path / "protocol" / "reference" / "M003_sad_3_001_k0.50.json").read_text()) == {
         "emotion": "sad", "identity": "M003", "intensity": 0.5, "series": "M003_sad_3_001"}
+    assert json.loads((tmp_path / "protocol" / "reference" / "M003_sad_3_001.json").read_text())["intensity"] == 1.0
     mead = _read_frames(tmp_path / "protocol" / "reference" / "M003_sad_3_001.mp4", 20, 256)
     hdtf = _read_frames(fixtures_dir / "hdtf_katiehill_000.mp4", 20, 256)
     ref, run = tmp_path / "ref", tmp_path / "blurred"

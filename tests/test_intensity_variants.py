@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -99,3 +100,39 @@ def test_variants_need_emotion_and_intensity():
     encoder = build_expression_encoder("scaling", expression_dim=6, window=2, dim=32, num_emotions=8)
     with pytest.raises(EmodiffError, match="'scaling' expression encoder needs an emotion label"):
         encoder(torch.zeros(2, 5, 6), None, None)
+
+
+def test_every_variant_is_trained_on_the_k_of_the_interpolation(tmp_path):
+    """The variants' training k is read back from each frame's expression by the inverse of eq. 14 with the
+    store's e_n and e_y, so k = 1 is the strongest level's mean expression for them as for `interpolation`."""
+    from emodiff.control.intensity import interpolate_expression
+    from emodiff.data.datasets import FrameDataset
+    from emodiff.data.expression import strongest_level_expressions
+    from emodiff.data.synthetic import make_store
+    from emodiff.models.conditioning import uses_intensity
+
+    store = make_store(tmp_path / "store", n_identities=2, clips_per_identity=5, n_frames=20, size=16,
+                       emotions=("neutral", "happy", "sad"), levels=(1, 3))
+    assert [uses_intensity(name) for name in ("interpolation", *VARIANTS)] == [False, True, True, True]
+    dataset = FrameDataset(store, resolution=16, intensity_labels=True)
+    k: dict[tuple[str, int], list[float]] = {}
+    truth: dict[tuple[str, int], list[float]] = {}
+    for index in range(len(dataset)):
+        c, i = dataset.locate(index)
+        clip = dataset.clips[c]
+        k.setdefault((clip.emotion, clip.level), []).append(dataset[index]["intensity"].item())
+        truth.setdefault((clip.emotion, clip.level), []).append(float(clip.intensity[i]))
+    print({key: round(float(np.mean(v)), 3) for key, v in k.items()})
+    assert k[("neutral", 1)] == [0.0] * len(k[("neutral", 1)])
+    for emotion in ("happy", "sad"):
+        assert np.mean(k[(emotion, 3)]) == pytest.approx(1.0, abs=1e-5)  # the store's pseudo intensity is not 1 here
+        assert np.mean(truth[(emotion, 3)]) < 0.9
+        # level 1 sits where the world's true intensity puts it, relative to level 3
+        expected = np.mean(truth[(emotion, 1)]) / np.mean(truth[(emotion, 3)])
+        assert np.mean(k[(emotion, 1)]) == pytest.approx(expected, abs=0.05)
+    # the same k drives the interpolation at sampling time: e_n + k·(e_y − e_n) reads back as k
+    neutral, targets = strongest_level_expressions(store)
+    ks = np.linspace(0, 1, 5)
+    for emotion, target in targets.items():
+        path = interpolate_expression(neutral, target, ks)
+        np.testing.assert_allclose(dataset.intensity_measure.read(path, emotion), ks, atol=1e-9)

@@ -324,16 +324,91 @@ def test_framewise_metrics_closed_forms():
     pts = [np.array([[0.0, 0.0], [3.0, 4.0]]), np.array([[6.0, 8.0]])]
     assert framewise.diversity(pts) == pytest.approx((5 + 10 + 5) / 3)
     assert framewise.intensity_l2([0.0, 0.5, 1.0], [0.1, 0.5, 0.7]) == pytest.approx((0.01 + 0.09) / 3)
-    # expression that moves and pauses: the speed minima are the pauses
-    t = np.arange(60)
-    expression = np.stack([np.sin(2 * np.pi * t / 20), np.zeros(60)], axis=1)
-    beats = framewise.motion_beats(expression)
-    assert set(beats.tolist()) <= {4, 5, 6, 14, 15, 16, 24, 25, 26, 34, 35, 36, 44, 45, 46, 54, 55, 56}
+    # expression that moves and pauses (period 40 frames): the speed minima are the pauses
+    t = np.arange(120)
+    expression = np.stack([np.sin(2 * np.pi * t / 40), np.zeros(120)], axis=1)
+    assert set(framewise.motion_beats(expression).tolist()) <= {9, 10, 11, 29, 30, 31, 49, 50, 51, 69, 70, 71, 89, 90, 91, 109, 110, 111}
     # audio bursts start at known frames
-    audio = np.zeros(16000 * 2, np.float32)
-    for f in (10, 25, 40):
-        audio[f * 640:(f + 3) * 640] = np.sin(np.arange(3 * 640) * 0.3)
-    assert framewise.audio_onset_beats(audio, 25).tolist() == [10, 25, 40]
+    assert framewise.audio_onset_beats(_bursts([10, 25, 40], 50), 25).tolist() == [10, 25, 40]
+
+
+def test_diversity_samples_pairs_of_large_sets_without_bias():
+    rng = np.random.default_rng(0)
+    videos = [rng.normal(size=(1000, 50)) * rng.uniform(0.5, 2.0, 50), rng.normal(1.0, 1.0, (800, 50))]
+    pooled = np.concatenate(videos)
+    n = len(pooled)
+    brute = sum(np.linalg.norm(pooled[i + 1:] - pooled[i], axis=1).sum() for i in range(n - 1)) / (n * (n - 1) / 2)
+    assert n * (n - 1) / 2 > framewise.DIVERSITY_PAIRS  # so the value is sampled
+    sampled = framewise.diversity(videos)
+    print(f"Diversity of 1800 frames: all pairs {brute:.5f}, {framewise.DIVERSITY_PAIRS} sampled pairs {sampled:.5f}")
+    assert sampled == pytest.approx(brute, rel=2e-3) and framewise.diversity(videos) == sampled  # fixed seed
+    assert framewise.diversity(videos, max_pairs=10**7) == pytest.approx(brute, rel=1e-12)  # every pair
+
+
+def _bursts(frames: list[int], n_frames: int, fps: int = 25) -> np.ndarray:
+    """16 kHz audio, silent but for a 3-frame tone burst starting at each of `frames`."""
+    hop = 16000 // fps
+    audio = np.zeros(n_frames * hop, np.float32)
+    for f in frames:
+        audio[f * hop:(f + 3) * hop] = np.sin(np.arange(3 * hop) * 0.3)
+    return audio
+
+
+def _smooth_curves(rng: np.random.Generator, n_frames: int) -> np.ndarray:
+    """8-dim expression curves, Gaussian-smoothed noise (σ = 5 frames) with standard deviation 0.3."""
+    from scipy.ndimage import gaussian_filter1d
+
+    curves = gaussian_filter1d(rng.normal(size=(n_frames, 8)), 5.0, axis=0)
+    return 0.3 * curves / curves.std()
+
+
+def test_beat_align_does_not_reward_jitter():
+    from emodiff.data.synthetic import SyntheticWorld
+
+    world, n_frames = SyntheticWorld(size=32), 250
+    scores: dict[tuple[str, float], list[float]] = {}
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        smooth = _smooth_curves(rng, n_frames)
+        motions = {"smooth": smooth, "jittered": smooth + rng.normal(0, 0.02, smooth.shape)}
+        audio, _ = world.speech(n_frames, 0.5, np.random.default_rng(1000 + seed))  # speech unrelated to the motion
+        audio_beats = framewise.audio_onset_beats(audio, 25)
+        for name, motion in motions.items():
+            for smoothing in (0.0, framewise.MOTION_SPEED_SIGMA_FRAMES):
+                scores.setdefault((name, smoothing), []).append(
+                    framewise.beat_align(audio_beats, framewise.motion_beats(motion, smoothing)))
+    mean = {key: float(np.mean(v)) for key, v in scores.items()}
+    print({f"{name} σ={s:g}": round(v, 3) for (name, s), v in mean.items()})
+    sigma = framewise.MOTION_SPEED_SIGMA_FRAMES
+    assert mean[("jittered", 0.0)] > mean[("smooth", 0.0)] + 0.2  # the raw speed minima are gamed by jitter
+    assert mean[("jittered", sigma)] <= mean[("smooth", sigma)] + 0.02
+
+
+def _pausing_motion(beats: np.ndarray, n_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """8-dim motion that glides between random poses and comes to rest at each beat frame (smoothstep)."""
+    knots = np.concatenate([[0], beats, [n_frames - 1]])
+    poses = rng.normal(0, 0.5, (len(knots), 8))
+    t = np.arange(n_frames)
+    segment = np.clip(np.searchsorted(knots, t, side="right") - 1, 0, len(knots) - 2)
+    phase = (t - knots[segment]) / (knots[segment + 1] - knots[segment])
+    step = phase * phase * (3 - 2 * phase)
+    return poses[segment] + step[:, None] * (poses[segment + 1] - poses[segment])
+
+
+def test_beat_align_rewards_motion_that_pauses_on_the_audio_beats():
+    n_frames, on_beat, unrelated = 250, [], []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        beats = np.cumsum(rng.integers(15, 35, 12))
+        beats = beats[beats < n_frames - 10]
+        other = np.cumsum(rng.integers(15, 35, 12))
+        other = other[other < n_frames - 10]
+        audio_beats = framewise.audio_onset_beats(_bursts(beats.tolist(), n_frames), 25)
+        assert audio_beats.tolist() == beats.tolist()
+        on_beat.append(framewise.beat_align(audio_beats, framewise.motion_beats(_pausing_motion(beats, n_frames, rng))))
+        unrelated.append(framewise.beat_align(audio_beats, framewise.motion_beats(_pausing_motion(other, n_frames, rng))))
+    print(f"Beat Align on the beats {np.mean(on_beat):.3f}, unrelated {np.mean(unrelated):.3f}")
+    assert np.mean(on_beat) > 0.65 and np.mean(on_beat) > np.mean(unrelated) + 0.35
 
 
 # ------------------------------------------------------------------------------------------ SyncNet

@@ -115,17 +115,65 @@ def test_guidance_runs_in_one_batch_and_scales_conditions():
     assert (guided - plain).abs().mean() > 1e-3
 
 
+class KnownEpsilon(torch.nn.Module):
+    """A stand-in denoiser whose ε is a known function of x and of the conditions it keeps:
+    ε = x/10 + A + E + 3·A·E, with A = mean audio (0 when dropped) and E = mean expression (0 when dropped);
+    its variance channels say which guidance row they came from (audio kept + 2·expression kept)."""
+
+    dtype = torch.float32
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the pipeline a device
+
+    def forward(self, x, t, *, audio, expression, audio_keep, expression_keep, **_):
+        a = torch.where(audio_keep, audio.mean(dim=(1, 2)), 0.0)[:, None, None, None]
+        e = torch.where(expression_keep, expression.mean(dim=(1, 2)), 0.0)[:, None, None, None]
+        eps = x / 10 + a + e + 3 * a * e
+        row = audio_keep.float() + 2 * expression_keep.float()
+        return torch.cat([eps, row[:, None, None, None].expand_as(x)], 1)
+
+
+@pytest.mark.parametrize("cfg_audio, cfg_expression", [(3.0, 2.0), (1.0, 2.5), (2.0, 1.0)])
+def test_guidance_combines_the_predictions_exactly(monkeypatch, cfg_audio, cfg_expression):
+    """ε̂ = ε(∅,∅) + s_a·(ε(a,∅) − ε(∅,∅)) + s_e·(ε(a,e) − ε(a,∅)) = x/10 + s_a·A + s_e·(E + 3AE), variance from ε(a,e)."""
+    import emodiff.pipeline as pipeline_module
+
+    pipeline = tiny_pipeline()
+    pipeline.unet = KnownEpsilon()
+    seen = []
+    original = pipeline_module.scheduler_model_output
+    monkeypatch.setattr(pipeline_module, "scheduler_model_output",
+                        lambda scheduler, prediction: seen.append(prediction) or original(scheduler, prediction))
+    videos = [random_video(2, seed=3), random_video(2, seed=4)]
+    inputs = []
+    pipeline.unet.register_forward_pre_hook(lambda module, args, kwargs: inputs.append((args[0], kwargs)), with_kwargs=True)
+    collect(pipeline, videos, steps=2, sampler="ddim", seeds=[0, 1], cfg_audio=cfg_audio, cfg_expression=cfg_expression)
+    assert len(seen) == len(inputs) == 2 * 2  # frames × steps, one UNet call each
+    for prediction, (x, kwargs) in zip(seen, inputs):
+        n = len(videos)
+        x = x[:n]
+        a = kwargs["audio"][:n].mean(dim=(1, 2))[:, None, None, None]
+        e = kwargs["expression"][:n].mean(dim=(1, 2))[:, None, None, None]
+        torch.testing.assert_close(prediction[:, :3], x / 10 + cfg_audio * a + cfg_expression * (e + 3 * a * e))
+        torch.testing.assert_close(prediction[:, 3:], torch.full_like(x, 3.0))
+
+
 @pytest.mark.parametrize("encoder", ["renorm", "concat", "scaling"])
 def test_intensity_variants_receive_each_frames_emotion_and_k(encoder):
     pipeline = tiny_pipeline(expression_encoder=encoder)
-    low, high = random_video(3, seed=1), random_video(3, seed=1)
-    low.intensity = torch.full((3,), 0.1)
-    high.intensity = torch.full((3,), 0.9)
-    frames = [collect(pipeline, [video], steps=2, sampler="ddim", seeds=[0])[0] for video in (low, high)]
-    assert (frames[0] - frames[1]).abs().mean() > 1e-3
-    other_emotion = random_video(3, seed=1, emotion=1)
-    other_emotion.intensity = high.intensity
-    assert (collect(pipeline, [other_emotion], steps=2, sampler="ddim", seeds=[0])[0] - frames[1]).abs().mean() > 1e-3
+    calls = []
+    pipeline.unet.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    video = random_video(4, seed=1)
+    video.emotion_weights[2:] = torch.eye(len(EMOTIONS))[1]  # happy for two frames, then angry
+    video.intensity = torch.tensor([0.1, 0.9, 0.4, 0.7])
+    frames = collect(pipeline, [video], steps=2, sampler="ddim", seeds=[0])[0]
+    assert [c["emotion"].tolist() for c in calls[::2]] == [[5], [5], [1], [1]]
+    assert [c["intensity"].item() for c in calls[::2]] == pytest.approx([0.1, 0.9, 0.4, 0.7])
+    # the encoder's embedding, and through it the frame, moves with k and with the emotion
+    video.intensity = torch.tensor([0.9, 0.1, 0.4, 0.7])
+    changed = collect(pipeline, [video], steps=2, sampler="ddim", seeds=[0])[0]
+    assert (changed[0] - frames[0]).abs().mean() > 1e-3
 
 
 def test_super_resolution_is_applied_per_frame():

@@ -25,6 +25,7 @@ from emodiff.diffusion.sampling import denoise_frames
 from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
+from emodiff.pipeline import VideoConditions
 from emodiff.train.denoiser import compute_losses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,6 +199,29 @@ def test_bad_inputs_are_one_clear_sentence(store, tmp_path, capsys):
     assert "fewer than one batch" in capsys.readouterr().err
     assert train_cli(store, tmp_path / "o4", 1, resume=str(tmp_path)) == 1
     assert "not a denoiser checkpoint" in capsys.readouterr().err
+
+
+def test_without_reference_net_trains_and_samples(store, tmp_path):
+    """`unet.reference_levels=[]` is EMOdiffhead's "w/o ReferenceNet" (Table 2): no attention sites, a ReferenceNet
+    without layers, the identity only in the input concatenation; it trains, saves, assembles and samples."""
+    from emodiff.models.unet import ReferenceAttention
+    from emodiff.pipeline import EmoDiffPipeline
+
+    out = tmp_path / "no_reference"
+    assert train_cli(store, out, 60, "unet.reference_levels=[]", "train.log_every=1", "train.checkpoint_every=60",
+                     "train.validate_every=60") == 0
+    simple = [entry["loss/simple"] for entry in read_log(out)]
+    assert np.mean(simple[-10:]) < 0.5 * np.mean(simple[:10])
+    pipeline = EmoDiffPipeline.from_training(out, ClipStore.open(store))
+    assert not any(isinstance(m, ReferenceAttention) for m in pipeline.unet.modules())
+    assert not list(pipeline.reference_net.parameters()) and pipeline.reference_net(torch.zeros(1, 3, SIZE, SIZE)) == []
+    pipeline.save_pretrained(tmp_path / "pipeline")
+    pipeline = EmoDiffPipeline.from_pretrained(tmp_path / "pipeline")
+    audio = torch.from_numpy(np.array(ClipStore.open(store).clip("id0").audio_feats[:3], dtype=np.float32))
+    video = VideoConditions(identity=FrameDataset(store, resolution=SIZE)[0]["identity"], audio=audio,
+                            expression=torch.zeros(3, 6), intensity=torch.zeros(3), emotion_weights=torch.eye(8)[[0, 0, 0]])
+    frames = [frame for _, batch in pipeline.sample([video], steps=2, progress=False) for frame in batch.values()]
+    assert len(frames) == 3 and all(f.shape == (3, SIZE, SIZE) and torch.isfinite(f).all() for f in frames)
 
 
 def test_renorm_encoder_adds_the_norm_loss(store, tmp_path):

@@ -1,4 +1,9 @@
-"""Emotion intensity: the interpolation of eq. 14–15 and per-frame schedules of k (DESIGN §5.3).
+"""Emotion intensity: the interpolation of eq. 14–15, its inverse, and per-frame schedules of k (DESIGN §5.3).
+
+k means the same everywhere: 0 the neutral expression e_n, 1 the emotion's strongest level e_y (the mean
+expression of its strongest MEAD level), in between the linear path e_n + k·(e_y − e_n). `IntensityMeasure`
+reads k back from expression vectors (the inverse of eq. 14); the intensity-control variants of the
+denoiser are trained on it and Intensity-L2 measures with it.
 
 A schedule is a float32 array of length T (one k ∈ [0, 1] per video frame). `parse_intensity`
 turns the `--intensity SPEC` of the command line into one:
@@ -13,8 +18,9 @@ turns the `--intensity SPEC` of the command line into one:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Iterable, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +45,67 @@ def interpolate_expression(e_n: Array, e_y: Array, k: float | Array) -> Array:
     if not np.isscalar(k) and k.ndim >= 1:
         k = k[..., None]
     return e_n + k * (e_y - e_n)
+
+
+@dataclass
+class IntensityMeasure:
+    """Reads the intensity k back from expression vectors, the inverse of eq. 14 (e = e_n + k·d_y):
+    k̂_t = ⟨e_t − e_n, d_y⟩ / ‖d_y‖², the k whose interpolation lies closest to e_t (not clipped, so the
+    mean strongest-level expression reads exactly 1). e_n is the identity's neutral expression (key None:
+    every other identity's; the origin when that is missing too), d_y the emotion's direction for that
+    identity (key (emotion, None): for every other identity)."""
+
+    neutral: dict[str | None, np.ndarray]  # identity → e_n
+    directions: dict[tuple[str, str | None], np.ndarray]  # (emotion, identity) → d_y
+
+    @classmethod
+    def from_strongest_level(cls, neutral: np.ndarray, targets: dict[str, np.ndarray]) -> "IntensityMeasure":
+        """One e_n and e_y per emotion for everybody (eq. 14's own, e.g. `strongest_level_expressions`)."""
+        return cls({None: np.asarray(neutral, dtype=np.float64)},
+                   {(emotion, None): np.asarray(target, dtype=np.float64) - neutral
+                    for emotion, target in targets.items() if np.any(np.asarray(target) != neutral)})
+
+    @classmethod
+    def fit(cls, neutral: Iterable[tuple[str | None, np.ndarray]],
+            emotional: Iterable[tuple[str, str | None, np.ndarray, np.ndarray]]) -> "IntensityMeasure":
+        """Fit on labelled videos. `neutral`: (identity, expressions (T, D)) of neutral videos (k = 0), whose
+        mean per identity and over all is e_n; `emotional`: (emotion, identity, expressions (T, D), target
+        k (T,)), whose least-squares solution of e_t − e_n = k_t·d_y is d_y, per identity and over all."""
+        sums: dict[str | None, list] = {}
+        for identity, expression in neutral:
+            for key in {identity, None}:
+                total = sums.setdefault(key, [0.0, 0])
+                total[0] = total[0] + np.asarray(expression, dtype=np.float64).sum(axis=0)
+                total[1] += len(expression)
+        measure = cls({key: total / count for key, (total, count) in sums.items() if count}, {})
+        moments: dict[tuple[str, str | None], list] = {}
+        for emotion, identity, expression, k in emotional:
+            k = np.asarray(k, dtype=np.float64)[: len(expression)]
+            offsets = measure.offsets(np.asarray(expression, dtype=np.float64)[: len(k)], identity)
+            for key in {(emotion, identity), (emotion, None)}:
+                moment = moments.setdefault(key, [0.0, 0.0])
+                moment[0] = moment[0] + k @ offsets
+                moment[1] += float(k @ k)
+        measure.directions = {key: kd / kk for key, (kd, kk) in moments.items() if kk > 0 and np.any(kd)}
+        return measure
+
+    @property
+    def emotions(self) -> list[str]:
+        """The emotions whose intensity can be read."""
+        return sorted({emotion for emotion, identity in self.directions if identity is None})
+
+    def offsets(self, expression: np.ndarray, identity: str | None) -> np.ndarray:
+        """e_t − e_n."""
+        neutral = self.neutral.get(identity, self.neutral.get(None))
+        return expression if neutral is None else expression - neutral
+
+    def read(self, expression: np.ndarray, emotion: str | None, identity: str | None = None) -> np.ndarray:
+        """k̂_t (T,) of expressions (T, D) of `identity` showing `emotion`."""
+        if (emotion, None) not in self.directions:
+            raise EmodiffError(f"No reference of the emotion '{emotion}' at a known intensity, so its intensity "
+                               "cannot be measured." if emotion else "The video has no emotion label.")
+        direction = self.directions.get((emotion, identity), self.directions[(emotion, None)])
+        return self.offsets(np.asarray(expression, dtype=np.float64), identity) @ direction / (direction @ direction)
 
 
 def check_range(k: np.ndarray, what: str) -> np.ndarray:

@@ -62,8 +62,11 @@ class FrameDataset(Dataset):
 
     Each item is a dict of tensors:
       target (3,R,R), identity (3,R,R), motion (6,R,R) = frames i−2 ⊕ i−1 (the identity frame where
-      i−k < 0), audio (2n+1, F), expression (2n+1, D), intensity (), emotion () (−1 = unlabelled),
-      mouth_mask (1,R,R), eye_mask (1,R,R). Images are in [−1, 1].
+      i−k < 0), audio (2n+1, F), expression (2n+1, D), emotion () (−1 = unlabelled), mouth_mask (1,R,R),
+      eye_mask (1,R,R), and with `intensity_labels`, intensity (): the frame's k read back from its
+      expression by the inverse of eq. 14 with the store's e_n and e_y (`IntensityMeasure`, 1 = the mean
+      expression of the emotion's strongest level, as for the interpolation; 0 for neutral and unlabelled
+      clips), the condition of the intensity-control variants. Images are in [−1, 1].
     The identity frame is a random frame of the same clip (`identity_source="clip"`, the paper, eq. 11)
     or of a neutral clip of the same person (`"neutral"`, like the neutral portrait given at sampling
     time, so the identity frame cannot tell the emotion; clips whose person has no neutral clip fall
@@ -79,6 +82,7 @@ class FrameDataset(Dataset):
         clip_ids: Sequence[str] | None = None,
         seed: int = 0,
         identity_source: str = "clip",
+        intensity_labels: bool = False,
     ):
         if identity_source not in IDENTITY_SOURCES:
             raise ValueError(f"identity_source must be one of {', '.join(IDENTITY_SOURCES)}, not {identity_source!r}")
@@ -94,6 +98,12 @@ class FrameDataset(Dataset):
         self.window = window
         self.resolution = resolution
         self.seed = seed
+        self.intensity_measure = None
+        if intensity_labels:
+            from emodiff.control.intensity import IntensityMeasure
+            from emodiff.data.expression import strongest_level_expressions
+
+            self.intensity_measure = IntensityMeasure.from_strongest_level(*strongest_level_expressions(self.store))
         lengths = np.array([c.n_frames for c in self.clips])
         self._offsets = np.concatenate([[0], np.cumsum(lengths)])
 
@@ -133,17 +143,25 @@ class FrameDataset(Dataset):
         scale = size / frames.shape[1]
         lms = np.asarray(clip.landmarks[i]) * scale
         win = window_indices(i, self.window, T)
-        return {
+        item = {
             "target": images[0],
             "identity": images[1],
             "motion": images[2:].reshape(6, size, size),
             "audio": torch.from_numpy(np.asarray(clip.audio_feats[win], dtype=np.float32)),
             "expression": torch.from_numpy(np.asarray(clip.expression[win], dtype=np.float32)),
-            "intensity": torch.tensor(float(clip.intensity[i])),
             "emotion": torch.tensor(emotion_label(clip)),
             "mouth_mask": torch.from_numpy(region_mask(lms[MOUTH], size))[None],
             "eye_mask": torch.from_numpy(region_mask(lms[EYES], size))[None],
         }
+        if self.intensity_measure is not None:
+            item["intensity"] = torch.tensor(self.intensity(clip, i))
+        return item
+
+    def intensity(self, clip: Clip, i: int) -> float:
+        """k of frame i by `intensity_measure` (0 for neutral and unlabelled clips)."""
+        if clip.emotion in (None, EMOTIONS[NEUTRAL]):
+            return 0.0
+        return float(self.intensity_measure.read(np.asarray(clip.expression[i:i + 1]), clip.emotion)[0])
 
 
 class SequenceDataset(Dataset):

@@ -149,6 +149,34 @@ def raw_intensity(expression: np.ndarray, neutral: np.ndarray) -> np.ndarray:
     return np.abs(expression - neutral).sum(axis=1)
 
 
+def strongest_level_expressions(store: ClipStore) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """e_n, the mean expression of the store's neutral clips, and e_y per emotion, the mean expression of its
+    clips at the emotion's strongest level (eq. 14–15: k = 0 and k = 1).
+
+    A store without neutral clips (HDTF-style or emotional-only data) takes e_n from the reference `prepare` uses
+    for the pseudo intensity there: the mean of each clip's NEUTRAL_FRACTION least expressive frames.
+    """
+    clips = [store.clip(i) for i in store.clip_ids()]
+    labelled = [c for c in clips if c.emotion is not None]
+    strongest: dict[str, int] = {}
+    for clip in labelled:
+        strongest[clip.emotion] = max(strongest.get(clip.emotion, 0), clip.level or 0)
+    sums: dict[str, list] = {}
+    for clip in labelled:
+        if clip.emotion == "neutral" or (clip.level or 0) == strongest[clip.emotion]:
+            expression = np.asarray(clip.expression, dtype=np.float64)
+            total = sums.setdefault(clip.emotion, [0.0, 0])
+            total[0], total[1] = total[0] + expression.sum(axis=0), total[1] + len(expression)
+    if "neutral" not in sums:
+        if not clips:
+            raise EmodiffError(f"The store {store.root} has no clips to take the neutral expression from.")
+        calmest = [np.asarray(c.expression, dtype=np.float64) for c in clips]
+        calmest = [e[least_expressive_frames(e, np.zeros(e.shape[1]))] for e in calmest]
+        sums["neutral"] = [sum(e.sum(axis=0) for e in calmest), sum(len(e) for e in calmest)]
+    means = {emotion: total / count for emotion, (total, count) in sums.items()}
+    return means.pop("neutral"), means
+
+
 class LandmarkExpression:
     """The `landmarks` extractor (module docstring): mesh → Procrustes → offsets → whitened PCA."""
 

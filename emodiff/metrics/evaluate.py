@@ -12,8 +12,11 @@ reference by `<name>`. Optional sidecars next to a video (a run's own sidecar wi
 All videos are resampled to one fps and face-aligned with the crop code of `emodiff prepare` (per-frame
 iBUG-68 landmarks, nose-tip boxes smoothed in time; `--aligned`: already crops, only resized); the same
 detection gives the landmarks of M-LMD / F-LMD. Every metric whose weights and inputs are present is
-computed; the others are listed as skipped with the reason. Outputs: metrics.md, metrics.csv, metrics.json,
-and PNG plots.
+computed; the others are listed as skipped with the reason. A metric that cannot be computed for one video
+(no or silent audio, too short) is n/a for that video with its reason, and a video that cannot be read or
+aligned is left out with its reason; the rest of the report is written. Intensity-L2 reads k back with one
+measure fitted on the reference videos that carry an emotion and an intensity (`fit_intensity_measure`).
+Outputs: metrics.md, metrics.csv, metrics.json, and PNG plots.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from emodiff.control.intensity import IntensityMeasure
+from emodiff.data.audio_features import check_speech
 from emodiff.data.labels import EMOTIONS, emotion_index
 from emodiff.data.store import write_json_atomic
 from emodiff.errors import EmodiffError
@@ -39,11 +45,12 @@ from emodiff.metrics import framewise, frechet, landmarks, linearity, quality
 from emodiff.metrics.emotion import EmotionClassifier, emotion_accuracy, frame_logits
 from emodiff.metrics.lpips import LPIPS
 from emodiff.metrics.sync import FPS as SYNC_FPS
-from emodiff.metrics.sync import SyncNet, sync_scores
+from emodiff.metrics.sync import SyncNet, SyncScores, sync_scores
 
 REFERENCE_RUN = "reference"
 CPBD_FRAME_STRIDE = 5
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+T = TypeVar("T")
 # (key, column title, better direction) in report order.
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("psnr", "PSNR", "↑"), ("ssim", "SSIM", "↑"), ("lpips", "LPIPS", "↓"), ("fid", "FID", "↓"),
@@ -129,33 +136,25 @@ def make_video(frames: np.ndarray, fps: float, audio: np.ndarray | None, sidecar
                  expression=sidecar.get("expression"), landmarks=sidecar.get("landmarks"), mesh=sidecar.get("mesh"))
 
 
+class UnusableVideo(EmodiffError):
+    """A video whose frames cannot be read or aligned (no frames, no face in too many frames): evaluate
+    leaves it out and the report says why."""
+
+
 def load_video(path: Path, fps: float, size: int, aligned: bool, landmarks: str | None = "mediapipe",
                fallback_dir: Path | None = None) -> Video:
     """Read at `fps` and crop to size×size with prepare's rule (per-frame iBUG-68 landmarks, nose-tip
     centred boxes smoothed in time); `aligned`: the video is a face crop already and is only resized.
     Landmarks (crop pixels) come from the same detection; `landmarks=None` skips detection (aligned only).
-    A sidecar's arrays win over detected ones."""
-    from emodiff.data import align
-    from emodiff.data.media import load_audio, read_video
-    from emodiff.data.prepare import PrepareSettings, crop_frames, detect_faces
+    A sidecar's arrays win over detected ones. Raises UnusableVideo when the frames cannot be read or aligned."""
+    from emodiff.data.media import load_audio
 
-    points = mesh = None
-    if landmarks is not None:
-        points, mesh, _ = detect_faces(path, PrepareSettings(size=size, fps=fps, landmarks=landmarks))
-    if aligned:
-        frames, source_hw = [], (size, size)
-        for frame in read_video(path, fps):
-            source_hw = frame.shape[:2]
-            frames.append(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA))
-        frames = np.stack(frames)
-        if points is not None:  # source pixels (x, y) → resized crop pixels
-            points = points * (size / np.array([source_hw[1], source_hw[0]], dtype=np.float64))
-    else:
-        if points is None:
-            raise EmodiffError("Aligning videos needs a landmark backend; use --aligned for face crops.")
-        boxes = align.smooth_boxes(points)
-        frames = crop_frames(path, boxes, PrepareSettings(size=size, fps=fps))
-        points = np.stack([align.to_crop_coords(p, b, size) for p, b in zip(points, boxes)])
+    if landmarks is None and not aligned:
+        raise EmodiffError("Aligning videos needs a landmark backend; use --aligned for face crops.")
+    try:
+        frames, points, mesh = _aligned_frames(path, fps, size, aligned, landmarks)
+    except EmodiffError as err:
+        raise UnusableVideo(str(err)) from err
     try:
         audio = load_audio(path)
     except EmodiffError:
@@ -165,6 +164,31 @@ def load_video(path: Path, fps: float, size: int, aligned: bool, landmarks: str 
         sidecar.setdefault("landmarks", points.astype(np.float32))
         sidecar["mesh"] = mesh
     return make_video(frames, fps, audio, sidecar)
+
+
+def _aligned_frames(path: Path, fps: float, size: int, aligned: bool,
+                    landmarks: str | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Crops (T, size, size, 3), their iBUG-68 landmarks (crop pixels) and the detection's mesh (see load_video)."""
+    from emodiff.data import align
+    from emodiff.data.media import read_video
+    from emodiff.data.prepare import PrepareSettings, crop_frames, detect_faces
+
+    points = mesh = None
+    if landmarks is not None:
+        points, mesh, _ = detect_faces(path, PrepareSettings(size=size, fps=fps, landmarks=landmarks))
+    if not aligned:
+        boxes = align.smooth_boxes(points)
+        frames = crop_frames(path, boxes, PrepareSettings(size=size, fps=fps))
+        return frames, np.stack([align.to_crop_coords(p, b, size) for p, b in zip(points, boxes)]), mesh
+    frames, source_hw = [], (size, size)
+    for frame in read_video(path, fps):
+        source_hw = frame.shape[:2]
+        frames.append(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA))
+    if not frames:
+        raise EmodiffError(f"{path} has no frames.")
+    if points is not None:  # source pixels (x, y) → resized crop pixels
+        points = points * (size / np.array([source_hw[1], source_hw[0]], dtype=np.float64))
+    return np.stack(frames), points, mesh
 
 
 def video_paths(folder: Path) -> dict[str, Path]:
@@ -237,29 +261,53 @@ def deca_expressions(reference: dict[str, Video], runs: dict[str, dict[str, Vide
 
 # ---------------------------------------------------------------------------------------------- metrics
 
-def measured_intensity(videos: dict[str, Video]) -> dict[str, np.ndarray]:
-    """Per-frame intensity read back from expression vectors, calibrated per series (inverse of eq. 14):
-    k̂_t = k_lo + (k_hi − k_lo)·⟨e_t − ē_lo, ē_hi − ē_lo⟩ / ‖ē_hi − ē_lo‖², where ē_lo / ē_hi are the mean
-    expressions of the series' constant-intensity videos with the lowest / highest k."""
-    out: dict[str, np.ndarray] = {}
-    for members in _series(videos).values():
-        constant = sorted((v.constant_intensity, n) for n, v in members.items() if v.constant_intensity is not None)
-        if len(constant) < 2 or constant[0][0] == constant[-1][0]:
-            continue
-        (k_lo, lo), (k_hi, hi) = constant[0], constant[-1]
-        e_lo, e_hi = members[lo].expression.mean(axis=0), members[hi].expression.mean(axis=0)
-        direction = e_hi - e_lo
-        for name, v in members.items():
-            out[name] = k_lo + (k_hi - k_lo) * ((v.expression - e_lo) @ direction) / (direction @ direction)
-    return out
+def fit_intensity_measure(reference: dict[str, Video]) -> IntensityMeasure:
+    """Intensity-L2's fixed measure, fitted on the reference videos only: their neutral ones (emotion
+    "neutral" or target intensity 0 throughout) give each identity's e_n, those with an emotion and a target
+    intensity give the emotion's direction."""
+    with_vectors = [v for v in reference.values() if v.expression is not None]
+    neutral = [(v.identity_key, v.expression) for v in with_vectors
+               if v.emotion == "neutral" or (v.intensity is not None and not v.intensity.any())]
+    emotional = [(v.emotion, v.identity_key, v.expression, v.intensity) for v in with_vectors
+                 if v.emotion not in (None, "neutral") and v.intensity is not None]
+    return IntensityMeasure.fit(neutral, emotional)
 
 
-def _series(videos: dict[str, Video]) -> dict[str, dict[str, Video]]:
-    groups: dict[str, dict[str, Video]] = defaultdict(dict)
-    for name, v in videos.items():
-        if v.series is not None and v.expression is not None:
-            groups[v.series][name] = v
-    return groups
+def describe_intensity_measure(measure: IntensityMeasure) -> str:
+    """One line for the report's settings: what Intensity-L2's measure was fitted on."""
+    if not measure.emotions:
+        return "none (no reference video with an emotion, a target intensity and expression vectors)"
+    identities = {identity for _, identity in measure.directions if identity is not None}
+    neutral = [identity for identity in measure.neutral if identity is not None]
+    return (f"k̂ = ⟨e − e_n, d_y⟩/‖d_y‖², fitted on the reference videos: d_y of {', '.join(measure.emotions)} "
+            f"(per identity for {len(identities)}, pooled for the others), e_n of {len(neutral)} identities (the "
+            f"others: {'the mean neutral reference' if None in measure.neutral else 'the origin'})")
+
+
+def _per_video(videos: dict[str, Video], compute: Callable[[Video], T], not_computed: dict[str, str]) -> dict[str, T]:
+    """name → compute(video) for every video; a video where it raises EmodiffError is left out and
+    `not_computed[name]` says why."""
+    results = {}
+    for name, video in videos.items():
+        try:
+            results[name] = compute(video)
+        except EmodiffError as err:
+            not_computed[name] = str(err)
+    return results
+
+
+def video_speech(video: Video) -> np.ndarray:
+    """The video's audio; a missing, silent or too short one is refused with the reason."""
+    if video.audio is None:
+        raise EmodiffError("The video has no audio track.")
+    check_speech(video.audio, "The video's audio")
+    return video.audio
+
+
+def video_beat_align(video: Video) -> float:
+    """Beat Align of one video: its audio beats against its expression vectors' motion beats."""
+    audio_beats = framewise.audio_onset_beats(video_speech(video), video.fps)
+    return framewise.beat_align(audio_beats, framewise.motion_beats(video.expression))
 
 
 def _intensity_sweeps(videos: dict[str, Video], need_expression: bool) -> list[list[Video]]:
@@ -283,12 +331,15 @@ class RunEvaluator:
 
     def __init__(self, weights: Weights, reference: dict[str, Video]):
         self.weights, self.reference = weights, reference
+        self.intensity_measure = fit_intensity_measure(reference)
         self.skipped: dict[str, str] = {}
 
     def skip(self, metric: str, reason: str) -> None:
         self.skipped.setdefault(metric, reason)
 
     def evaluate(self, videos: dict[str, Video]) -> tuple[dict[str, float], dict]:
+        """The run's metric values and extras; extras["not_computed"][metric][video] says why a metric left
+        out one video (its value averages the others)."""
         values: dict[str, float] = {}
         extras: dict = {}
         pairs = [(self.reference[n], videos[n]) for n in sorted(videos) if n in self.reference]
@@ -303,9 +354,12 @@ class RunEvaluator:
                 self.skip(key, "no video name is shared with the reference folder")
         self._frechet(videos, values)
         values["cpbd"] = float(np.mean([quality.cpbd(f) for v in videos.values() for f in v.frames[::CPBD_FRAME_STRIDE]]))
-        self._sync(videos, values)
+        self._sync(videos, values, extras)
         self._emotion(videos, values, extras)
         self._intensity(videos, values, extras)
+        extras["not_computed"] = {metric: reasons for metric, reasons in extras.get("not_computed", {}).items() if reasons}
+        if not extras["not_computed"]:
+            del extras["not_computed"]
         return values, extras
 
     def _lpips(self, pairs: list[tuple[Video, Video]], values: dict[str, float]) -> None:
@@ -347,19 +401,26 @@ class RunEvaluator:
         else:
             values["fvd"] = frechet.fvd(self.weights.i3d, real, fake)
 
-    def _sync(self, videos: dict[str, Video], values: dict[str, float]) -> None:
+    def _sync(self, videos: dict[str, Video], values: dict[str, float], extras: dict) -> None:
         if self.weights.syncnet is None:
             self.skip("lse_c", "no SyncNet weights (--syncnet)")
             self.skip("lse_d", "no SyncNet weights (--syncnet)")
             return
-        scores = [sync_scores(self.weights.syncnet, v.frames, v.audio, v.fps) for v in videos.values()
-                  if v.audio is not None and round(v.fps) == SYNC_FPS]
-        if not scores:
-            self.skip("lse_c", f"no {SYNC_FPS} fps video with audio")
-            self.skip("lse_d", f"no {SYNC_FPS} fps video with audio")
+
+        def scores(video: Video) -> SyncScores:
+            if round(video.fps) != SYNC_FPS:
+                raise EmodiffError(f"SyncNet needs {SYNC_FPS} fps video (evaluate --fps {SYNC_FPS}).")
+            return sync_scores(self.weights.syncnet, video.frames, video_speech(video), video.fps)
+
+        not_computed = extras.setdefault("not_computed", {}).setdefault("lse_c", {})
+        extras["not_computed"]["lse_d"] = not_computed
+        computed = list(_per_video(videos, scores, not_computed).values())
+        if not computed:
+            self.skip("lse_c", f"no {SYNC_FPS} fps video with speech")
+            self.skip("lse_d", f"no {SYNC_FPS} fps video with speech")
             return
-        values["lse_c"] = float(np.mean([s.lse_c for s in scores]))
-        values["lse_d"] = float(np.mean([s.lse_d for s in scores]))
+        values["lse_c"] = float(np.mean([s.lse_c for s in computed]))
+        values["lse_d"] = float(np.mean([s.lse_d for s in computed]))
 
     def _emotion(self, videos: dict[str, Video], values: dict[str, float], extras: dict) -> None:
         labelled = [v for v in videos.values() if v.emotion is not None]
@@ -389,26 +450,31 @@ class RunEvaluator:
                       else "no series of videos at three or more constant intensities")
         else:
             values["lie"] = float(np.mean([linearity.lie(self.weights.lpips, [v.frames for v in s]) for s in lpips_sweeps]))
-        with_expression = [v for v in videos.values() if v.expression is not None]
+        with_expression = {n: v for n, v in videos.items() if v.expression is not None}
         if not with_expression:
             for key in ("intensity_l2", "beat_align", "diversity"):
                 self.skip(key, "no expression vectors (<name>.expression.npy)")
             return
-        values["diversity"] = framewise.diversity([v.expression for v in with_expression])
-        with_audio = [v for v in with_expression if v.audio is not None and len(v.expression) > 2]
-        if with_audio:
-            values["beat_align"] = float(np.mean([
-                framewise.beat_align(framewise.audio_onset_beats(v.audio, v.fps), framewise.motion_beats(v.expression))
-                for v in with_audio]))
+        values["diversity"] = framewise.diversity([v.expression for v in with_expression.values()])
+        not_computed = extras.setdefault("not_computed", {})
+        beat_align = _per_video(with_expression, video_beat_align, not_computed.setdefault("beat_align", {}))
+        if beat_align:
+            values["beat_align"] = float(np.mean(list(beat_align.values())))
         else:
-            self.skip("beat_align", "no video has both audio and expression vectors")
-        measured = measured_intensity(videos)
-        curves = {n: (videos[n].intensity, k) for n, k in measured.items() if videos[n].intensity is not None}
-        if curves:
-            values["intensity_l2"] = float(np.mean([framewise.intensity_l2(t, k) for t, k in curves.values()]))
-            extras["intensity_curves"] = {n: {"target": t.tolist(), "measured": k.tolist()} for n, (t, k) in curves.items()}
+            self.skip("beat_align", "no video has expression vectors and speech")
+        if not self.intensity_measure.emotions:
+            self.skip("intensity_l2", "no reference video with an emotion, a target intensity and expression "
+                                      "vectors to fit the intensity measure on")
+            return
+        targets = {n: v for n, v in with_expression.items() if v.intensity is not None and v.emotion != "neutral"}
+        measured = _per_video(targets, lambda v: self.intensity_measure.read(v.expression, v.emotion, v.identity_key),
+                              not_computed.setdefault("intensity_l2", {}))
+        if measured:
+            values["intensity_l2"] = float(np.mean([framewise.intensity_l2(targets[n].intensity, k) for n, k in measured.items()]))
+            extras["intensity_curves"] = {n: {"target": targets[n].intensity.tolist(), "measured": k.tolist()}
+                                          for n, k in measured.items()}
         else:
-            self.skip("intensity_l2", "no series with two constant-intensity videos to calibrate the measurement")
+            self.skip("intensity_l2", "no video with an emotion, a target intensity and expression vectors")
 
 
 def evaluate_runs(reference: dict[str, Video], runs: dict[str, dict[str, Video]], weights: Weights,
@@ -416,8 +482,9 @@ def evaluate_runs(reference: dict[str, Video], runs: dict[str, dict[str, Video]]
     """Metrics of the reference (as a run: the ground-truth row) and of every run; see the module docstring."""
     report: dict = {"settings": settings or {}, "metrics": {}, "extras": {}, "skipped": {}}
     evaluator = RunEvaluator(weights, reference)
+    report["settings"]["intensity measure"] = describe_intensity_measure(evaluator.intensity_measure)
     for name, videos in tqdm([(REFERENCE_RUN, reference), *runs.items()], desc="evaluate runs"):
-        report["metrics"][name], report["extras"][name] = evaluator.evaluate(videos)
+        report["metrics"][name], report["extras"][name] = evaluator.evaluate(videos) if videos else ({}, {})
     report["skipped"] = {k: r for k, r in evaluator.skipped.items()
                          if not any(k in m for m in report["metrics"].values())}
     return report
@@ -444,6 +511,14 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {run} | " + " | ".join(_format(row.get(k)) for k, _, _ in keys) + " |")
     if report["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {k}: {why}" for k, why in report["skipped"].items()]
+    titles = {key: title for key, title, _ in METRICS}
+    not_computed = [f"- {titles[metric]}, {run}/{name}: {why}" for run, extras in report["extras"].items()
+                    for metric, reasons in extras.get("not_computed", {}).items() for name, why in reasons.items()]
+    if not_computed:
+        lines += ["", "Not computed for some videos (n/a; the run's value is the mean over its other videos):", ""]
+        lines += not_computed
+    if report.get("left_out"):
+        lines += ["", "Videos left out (not read):", ""] + [f"- {name}: {why}" for name, why in report["left_out"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -646,16 +721,23 @@ def run(args: argparse.Namespace) -> int:
     run_paths = {name: video_paths(folder) for name, folder in runs.items()}
     total = len(ref_paths) + sum(len(p) for p in run_paths.values())
     with tqdm(total=total, desc="read and align videos") as bar:
-        def load_all(paths: dict[str, Path], fallback: Path | None) -> dict[str, Video]:
+        left_out: dict[str, str] = {}
+
+        def load_all(run: str, paths: dict[str, Path], fallback: Path | None) -> dict[str, Video]:
             videos = {}
             for name, path in paths.items():
-                videos[name] = load_video(path, args.fps, args.size, args.aligned,
-                                          None if args.landmarks == "none" else args.landmarks, fallback)
+                try:
+                    videos[name] = load_video(path, args.fps, args.size, args.aligned,
+                                              None if args.landmarks == "none" else args.landmarks, fallback)
+                except UnusableVideo as err:
+                    left_out[f"{run}/{name}"] = str(err)
                 bar.update(1)
             return videos
 
-        reference = load_all(ref_paths, None)
-        loaded = {name: load_all(paths, args.reference) for name, paths in run_paths.items()}
+        reference = load_all(REFERENCE_RUN, ref_paths, None)
+        loaded = {name: load_all(name, paths, args.reference) for name, paths in run_paths.items()}
+    if not reference:
+        raise EmodiffError(f"No reference video could be read: {next(iter(left_out.values()))}")
     if args.expression == "deca":
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         missing = deca_expressions(reference, loaded, args.deca_model, args.flame_model, device)
@@ -670,6 +752,7 @@ def run(args: argparse.Namespace) -> int:
                 "reference": str(args.reference),
                 "videos": {name: len(v) for name, v in {REFERENCE_RUN: reference, **loaded}.items()}}
     report = evaluate_runs(reference, loaded, weights, settings)
+    report["left_out"] = left_out
     files = write_report(report, args.out)
     print(report_markdown(report))
     print("Wrote " + ", ".join(str(f) for f in files))

@@ -5,7 +5,9 @@ identities (default: M003, M030, W009, W015, the MEAD test split of EAMM and EAT
 becomes an item `<identity>_<emotion>_<level>_<clip>`:
   inputs/<item>.png       the first frame (the one-shot identity image; pipelines crop it their own way),
   inputs/<item>.wav       its speech, 16 kHz mono,
-  reference/<item>.mp4    the ground-truth video, with reference/<item>.json {"emotion", "identity", "series": item};
+  reference/<item>.mp4    the ground-truth video, with reference/<item>.json {"emotion", "identity", "series": item,
+                          "intensity": 1 at MEAD's strongest level 3 (k = 1 is the strongest level's expression), 0 for
+                          neutral} — Intensity-L2's measure is fitted on these;
 and for every emotional item an intensity sweep `<item>_k<k>` (same image and audio, `--sweep` levels) whose
 reference/<item>_k<k>.json carries {"emotion", "identity", "intensity": k, "series": item} (no ground-truth
 video; expression vectors are measured from the identity's neutral face fitted on the reference videos).
@@ -29,6 +31,7 @@ from emodiff.errors import EmodiffError
 
 MEAD_TEST_IDENTITIES = ("M003", "M030", "W009", "W015")
 DEFAULT_SWEEP = "0,0.25,0.5,0.75,1"
+MEAD_STRONGEST_LEVEL = 3
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,8 +84,11 @@ def write_protocol(source: Path | None, out: Path, identities: list[str], level:
         write_wav(tmp, load_audio(path))
         tmp.replace(audio)
         _copy_atomic(path, out / "reference" / f"{item}.mp4")
-        write_json_atomic(out / "reference" / f"{item}.json", {"emotion": emotion, "identity": identity, "series": item})
-        rows.append([item, image.relative_to(out), audio.relative_to(out), emotion, "", item, f"reference/{item}.mp4"])
+        k = 0.0 if emotion == "neutral" else 1.0 if level == MEAD_STRONGEST_LEVEL else None
+        write_json_atomic(out / "reference" / f"{item}.json", {"emotion": emotion, "identity": identity, "series": item,
+                                                               **({} if k is None else {"intensity": k})})
+        rows.append([item, image.relative_to(out), audio.relative_to(out), emotion, "" if k is None else k, item,
+                     f"reference/{item}.mp4"])
         if emotion != "neutral":
             for k in ks:
                 name = f"{item}_k{k:.2f}"

@@ -170,8 +170,18 @@ EXPRESSION_ENCODERS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_expression_encoder(name: str, expression_dim: int, window: int, dim: int, num_emotions: int) -> nn.Module:
-    """The expression encoder registered as `name` (UNet config key `expression_encoder`)."""
+def expression_encoder_class(name: str) -> type[nn.Module]:
+    """The expression encoder class registered as `name` (UNet config key `expression_encoder`)."""
     if name not in EXPRESSION_ENCODERS:
         raise EmodiffError(f"unknown expression_encoder {name!r}; choose one of {', '.join(EXPRESSION_ENCODERS)}")
-    return EXPRESSION_ENCODERS[name](expression_dim=expression_dim, window=window, dim=dim, num_emotions=num_emotions)
+    return EXPRESSION_ENCODERS[name]
+
+
+def uses_intensity(name: str) -> bool:
+    """Whether the expression encoder registered as `name` takes an emotion label and an intensity k."""
+    return issubclass(expression_encoder_class(name), EmotionIntensityEncoder)
+
+
+def build_expression_encoder(name: str, expression_dim: int, window: int, dim: int, num_emotions: int) -> nn.Module:
+    """The expression encoder registered as `name`."""
+    return expression_encoder_class(name)(expression_dim=expression_dim, window=window, dim=dim, num_emotions=num_emotions)

@@ -3,6 +3,10 @@
 The same UNet trunk as the denoiser without conditional residual blocks (no time, audio or
 expression), fed the identity frame. It does not depend on the timestep, so its features are
 computed once per identity and reused for every denoising step and every frame.
+
+A denoiser with no attention sites (`reference_levels: []`) is the paper's "w/o ReferenceNet" ablation
+(Table 2): the identity frame enters only through the input concatenation of eq. 11, and its ReferenceNet
+has no layers and returns no features.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ class ReferenceNet(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, trunk_config: dict[str, Any]):
         super().__init__()
-        self.trunk = UNetTrunk(3, **trunk_config)
+        self.trunk = UNetTrunk(3, **trunk_config) if trunk_config["reference_levels"] else None
+        if self.trunk is None:  # diffusers writes and reads only models with a state: an empty one
+            self.register_buffer("no_sites", torch.zeros(0))
 
     @classmethod
     def matching(cls, unet: DenoisingUNet) -> "ReferenceNet":
@@ -38,4 +44,4 @@ class ReferenceNet(ModelMixin, ConfigMixin):
         return cls(trunk_config={key: unet.config[key] for key in TRUNK_KEYS})
 
     def forward(self, identity: torch.Tensor) -> list[torch.Tensor]:
-        return self.trunk(identity)[1]
+        return [] if self.trunk is None else self.trunk(identity)[1]

@@ -160,7 +160,7 @@ class UNetTrunk(nn.Module):
         if attention_backend not in ATTENTION_BACKENDS:
             raise EmodiffError(f"unknown attention_backend {attention_backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
         bad = [lv for lv in reference_levels if not 0 <= lv < len(channel_mult)]
-        if bad or not reference_levels:
+        if bad:
             raise EmodiffError(f"reference_levels must name levels 0..{len(channel_mult) - 1}, got {list(reference_levels)}")
         self.conditional = bool(embedding_dims)
         self.gradient_checkpointing = False

@@ -27,7 +27,7 @@ from emodiff.diffusion.gaussian import GaussianDiffusion
 from emodiff.diffusion.sampling import denoise_frames
 from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.errors import EmodiffError
-from emodiff.models.conditioning import WindowEncoder
+from emodiff.models.conditioning import WindowEncoder, uses_intensity
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
 from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
@@ -56,7 +56,7 @@ def compute_losses(batch: dict[str, torch.Tensor], unet: torch.nn.Module, refere
         motion = diffusion.q_sample(motion, motion_noise, torch.randn_like(motion))
     out = unet(x_t, t, identity=batch["identity"], motion=motion, audio=batch["audio"],
                expression=batch["expression"], reference_features=reference_net(batch["identity"]),
-               emotion=batch["emotion"], intensity=batch["intensity"], audio_keep=audio_keep,
+               emotion=batch["emotion"], intensity=batch.get("intensity"), audio_keep=audio_keep,
                expression_keep=expression_keep, motion_noise=motion_noise)
     d = config.diffusion
     losses = diffusion.training_losses(out.float(), x0, x_t, t, noise, lambda_vlb=d.lambda_vlb,
@@ -82,7 +82,7 @@ def write_validation_strip(unet: DenoisingUNet, reference_net: ReferenceNet, dat
     sampled = denoise_frames(unet, scheduler, batch["identity"], batch["motion"], batch["audio"], batch["expression"],
                              reference_net(batch["identity"]), config.validation.steps,
                              generator=torch.Generator(device).manual_seed(0), emotion=batch["emotion"],
-                             intensity=batch["intensity"])
+                             intensity=batch.get("intensity"))
     rows = [torch.cat(list(images), dim=2) for images in (batch["target"], sampled)]
     strip = ((torch.cat(rows, dim=1).permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).clip(0, 255)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,8 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     tc = config.train
     try:
         dataset = FrameDataset(config.data.store, window=config.data.window, resolution=config.data.resolution,
-                               seed=config.seed, identity_source=config.data.identity_source)
+                               seed=config.seed, identity_source=config.data.identity_source,
+                               intensity_labels=uses_intensity(config.unet.expression_encoder))
     except ValueError as err:
         raise EmodiffError(f"cannot train the denoiser on {config.data.store}: {err}.") from err
     training = TrainingRun(config, "denoiser", resume, gradient_accumulation_steps=tc.gradient_accumulation_steps)
@@ -113,7 +114,11 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     parameters = list(unet.parameters()) + list(reference_net.parameters())
     ema = EMAModel(parameters, decay=tc.ema_decay)
     optimizer = torch.optim.AdamW(parameters, lr=tc.learning_rate, weight_decay=tc.weight_decay)
-    unet, reference_net, optimizer = accelerator.prepare(unet, reference_net, optimizer)
+    if config.unet.reference_levels:
+        unet, reference_net, optimizer = accelerator.prepare(unet, reference_net, optimizer)
+    else:  # "w/o ReferenceNet": it has no parameters, which DistributedDataParallel refuses to wrap
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+        reference_net.to(accelerator.device)
     ema.to(accelerator.device)
     diffusion = GaussianDiffusion.from_config(config.diffusion)
 
