@@ -407,7 +407,7 @@ def goal_rows(metrics: dict) -> list[tuple[str, str, float, bool, float, str]]:
         ("SSIM against the true render", f"≥ {GOALS['ssim']}", ident["ssim"], *at_least(ident["ssim"], GOALS["ssim"]), "1"),
         (f"drift: PSNR of frames 1–{DRIFT_WINDOW} − last {DRIFT_WINDOW} of {drift['frames']} (dB)",
          f"≤ {GOALS['drift_db']:g}", drift["drift_db"], *at_most(drift["drift_db"], GOALS["drift_db"]), "0"),
-        ("|projection at k = 0 − true render's|, worst emotion", f"≤ {GOALS['k0_gap']}", k0_gap,
+        ("distance of the k = 0 projection from the true render's, worst emotion", f"≤ {GOALS['k0_gap']}", k0_gap,
          *at_most(k0_gap, GOALS["k0_gap"]), "0"),
         ("FLIE of the readout ÷ the true renders'", f"≤ {GOALS['flie_ratio']:g}", flie_ratio,
          *at_most(flie_ratio, GOALS["flie_ratio"]), "1"),
