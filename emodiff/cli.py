@@ -20,6 +20,7 @@ from emodiff.errors import EmodiffError
 from emodiff.native_logs import VERBOSE_ENV
 
 COMMANDS: dict[str, str] = {
+    "app": "emodiff.app",
     "doctor": "emodiff.doctor",
     "evaluate": "emodiff.metrics.evaluate",
     "prepare": "emodiff.data.prepare",
