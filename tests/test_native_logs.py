@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from emodiff.native_logs import VERBOSE_ENV, native_logs_silenced
 
@@ -40,3 +41,21 @@ def test_verbose_keeps_them(capfd, monkeypatch):
     with native_logs_silenced():
         os.write(2, b"W0000 shown\n")
     assert capfd.readouterr().err == "W0000 shown\n"
+
+
+def test_tracking_a_real_video_as_prepare_and_evaluate_do_writes_no_log_lines_unless_verbose(
+        fixtures_dir, capfd, monkeypatch):
+    """In video mode mediapipe's graph threads log between frames too (one line reached `emodiff prepare` when only
+    each call was silenced)."""
+    from emodiff.data.prepare import PrepareSettings, detect_faces
+
+    def track() -> str:
+        points, _, _ = detect_faces(fixtures_dir / "mead_happy_crop.mp4", PrepareSettings(size=64))
+        assert len(points) > 100
+        time.sleep(0.5)  # let the graph threads write what they would
+        return capfd.readouterr().err
+
+    monkeypatch.delenv(VERBOSE_ENV, raising=False)
+    assert track() == ""
+    monkeypatch.setenv(VERBOSE_ENV, "1")
+    assert "W0000" in track()

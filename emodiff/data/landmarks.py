@@ -68,7 +68,9 @@ class LandmarkDetector(Protocol):
 class MediaPipeDetector:
     """MediaPipe face mesh (478 points with the iris refinement). `video=True` tracks across
     consecutive frames (fast); `video=False` detects every image independently. Up to two faces
-    are reported, enough to notice a second face. Its C++ log lines are silenced (`emodiff.native_logs`)."""
+    are reported, enough to notice a second face. Its C++ log lines are silenced during each call
+    (`emodiff.native_logs`); in video mode its graph threads also log between calls, so a caller that tracks a
+    video keeps the whole pass inside `native_logs_silenced()` (`emodiff.data.prepare.detect_faces`)."""
 
     name = "mediapipe"
 
