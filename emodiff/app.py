@@ -26,7 +26,8 @@ from typing import Any, Iterator
 
 from emodiff.errors import EmodiffError
 
-CSS = "video, .image-frame img {image-rendering: pixelated;}"  # small frames are enlarged without blurring
+CSS = ("video, .image-frame img {image-rendering: pixelated;}"  # small frames are enlarged without blurring
+       "#status {min-height: 4em;}")  # room for the queue position Gradio shows over the status line
 STATUS_INTERVAL = 0.5  # seconds between status-line updates while sampling (the progress bar follows every frame)
 
 
@@ -205,8 +206,9 @@ def build_app(pipeline: Any, checkpoint: Path, work_dir: Path, concurrency: int 
             finally:
                 cancellations.finished(session)
 
-        def submit(request: gr.Request) -> None:
+        def submit(request: gr.Request) -> str:
             cancellations.submitted(request.session_hash)
+            return "In the queue…"
 
         def cancel_request(request: gr.Request) -> Any:
             if cancellations.cancel(request.session_hash):
@@ -215,7 +217,7 @@ def build_app(pipeline: Any, checkpoint: Path, work_dir: Path, concurrency: int 
 
         # Cancel is cooperative (the job stops after its current frame and ends normally): Gradio's own `cancels=`
         # on a running generator left the page unable to start another request (gradio 6.31).
-        generate.click(submit, None, None, show_progress="hidden", concurrency_limit=None).then(
+        generate.click(submit, None, [status], show_progress="hidden", concurrency_limit=None).then(
             sample, [face, *schedule_inputs, sampler, steps, cfg_audio, cfg_exp, seed],
             [status, video, result_schedule, sheet, archive, command], show_progress_on=[status],
             concurrency_limit=concurrency, concurrency_id="sampling")
