@@ -3,7 +3,8 @@
 Each command lives in its own module, which provides `add_arguments(parser)` and `run(args)`;
 the module docstring's first line is the command's help. Only the module of the command being run is
 imported (the others' help lines are read from their source), so `emodiff --help` does not load torch.
-User errors (`EmodiffError`) are printed as one sentence with exit status 1, never as a traceback.
+User errors (`EmodiffError`) are printed as one sentence with exit status 1, never as a traceback. Every command
+takes `--verbose`, which keeps the C++ log lines of mediapipe / TensorFlow Lite (`emodiff.native_logs`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import os
 import sys
 from pathlib import Path
 
 from emodiff.errors import EmodiffError
+from emodiff.native_logs import VERBOSE_ENV
 
 COMMANDS: dict[str, str] = {
+    "app": "emodiff.app",
     "doctor": "emodiff.doctor",
     "evaluate": "emodiff.metrics.evaluate",
     "prepare": "emodiff.data.prepare",
@@ -53,6 +57,8 @@ def _add_module(subparsers: argparse._SubParsersAction, name: str, module_name: 
     if chosen:  # only the command being run is imported and gets its arguments
         module = importlib.import_module(module_name)
         module.add_arguments(parser)
+        parser.add_argument("--verbose", action="store_true",
+                            help=f"show the C++ log lines of mediapipe / TensorFlow Lite (also: {VERBOSE_ENV}=1)")
         parser.set_defaults(run=module.run)
 
 
@@ -77,6 +83,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
     try:
         return int(args.run(args) or 0)
     except EmodiffError as err:

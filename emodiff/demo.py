@@ -8,7 +8,9 @@ speech (`SyntheticWorld.speech`, louder and higher when k is higher) for four se
 changes from happy to surprised and the intensity k follows key frames. The frames come from the
 ordinary sampling path (`EmoDiffPipeline.conditions` + `sample`, eq. 14–15 for the expression condition).
 DIR (default ./emodiff_demo) receives demo.mp4 (with the speech), intensity.png (k and the emotion
-weights over time) and contact_sheet.png (the identity image and frames with their k and emotion).
+weights over time), contact_sheet.png (the identity image and frames with their k and emotion), and the inputs
+identity.png (a render `emodiff sample` recognises as this world's face) and speech.wav, to try other settings:
+`emodiff sample --checkpoint DIR --identity DIR/identity.png --audio DIR/speech.wav ...`.
 The default checkpoint is the bundled one in emodiff/assets/demo, made by scripts/train_synthetic.sh.
 
 The synthetic world is a test bed: the demo shows the mechanics of emotion and intensity control on
@@ -18,26 +20,22 @@ cartoon faces, not what a model trained on real recordings produces.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from importlib import resources
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from emodiff.control import parse_intensity, plot_schedule
+from emodiff.data.labels import EMOTIONS
+from emodiff.data.media import VideoWriter
+from emodiff.data.store import write_wav
+from emodiff.data.synthetic import SyntheticWorld, save_render, trained_world, unseen_identities
+from emodiff.errors import EmodiffError
+from emodiff.pipeline import EmoDiffPipeline
+from emodiff.sample import to_uint8
 
-from emodiff.control import parse_intensity, plot_schedule  # noqa: E402
-from emodiff.data.labels import EMOTIONS  # noqa: E402
-from emodiff.data.media import VideoWriter  # noqa: E402
-from emodiff.data.synthetic import EXPRESSION_PARAMS, WORLD_FILE, SyntheticWorld  # noqa: E402
-from emodiff.errors import EmodiffError  # noqa: E402
-from emodiff.pipeline import EmoDiffPipeline  # noqa: E402
-from emodiff.sample import to_uint8  # noqa: E402
-
-UNSEEN_IDENTITY = 1000  # identity index beyond any training store, used when the folder names no held-out one
 SECONDS = 4.0
 EMOTION = "happy@0,surprised@2"
 INTENSITY = "0:0,1.6:1,2.2:0.3,4:1"  # ramp up while happy, drop at the change, ramp up again while surprised
@@ -67,16 +65,11 @@ def load_demo_pipeline(checkpoint: Path) -> EmoDiffPipeline:
     return EmoDiffPipeline.from_pretrained(checkpoint)
 
 
-def demo_identity(checkpoint: Path, resolution: int, fps: float) -> tuple[SyntheticWorld, int]:
-    """The synthetic world the pipeline was trained in and an identity index it never saw.
-
-    From `synthetic_world.json` (seed, size, held-out identities such as "syn007") when the folder has
-    one, else the world of seed 0 at the pipeline's resolution and identity `UNSEEN_IDENTITY`."""
-    path = checkpoint / WORLD_FILE
-    description = json.loads(path.read_text()) if path.is_file() else {}
-    world = SyntheticWorld(int(description.get("seed", 0)), int(description.get("size", resolution)), int(round(fps)))
-    held_out = description.get("held_out_identities") or []
-    return world, int(held_out[0].removeprefix("syn")) if held_out else UNSEEN_IDENTITY
+def demo_world(checkpoint: Path, resolution: int, fps: float) -> SyntheticWorld:
+    """The synthetic world the pipeline was trained in (`synthetic_world.json`: seed, size), else the world of
+    seed 0 at the pipeline's resolution."""
+    description = trained_world(checkpoint) or {}
+    return SyntheticWorld(int(description.get("seed", 0)), int(description.get("size", resolution)), int(round(fps)))
 
 
 def enlarge(frame: np.ndarray) -> np.ndarray:
@@ -85,14 +78,20 @@ def enlarge(frame: np.ndarray) -> np.ndarray:
     return frame.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def write_contact_sheet(path: Path, identity: np.ndarray, frames: np.ndarray, intensity: np.ndarray,
+def sheet_frames(n_frames: int) -> list[int]:
+    """The indices of the (up to) SHEET_FRAMES evenly spaced frames a contact sheet shows."""
+    return sorted(set(np.linspace(0, n_frames - 1, SHEET_FRAMES).round().astype(int).tolist()))
+
+
+def write_contact_sheet(path: Path, identity: np.ndarray, frames: dict[int, np.ndarray], intensity: np.ndarray,
                         emotion_weights: np.ndarray, fps: float) -> None:
-    """The identity image, then SHEET_FRAMES evenly spaced frames captioned with time, k and dominant emotion."""
-    picks = np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)
-    figure, axes = plt.subplots(1, SHEET_FRAMES + 1, figsize=(1.5 * (SHEET_FRAMES + 1), 2.0))
+    """The identity image, then the frames {index: image} of `sheet_frames` captioned with time, k and dominant
+    emotion; written under a temporary name and renamed."""
+    figure = Figure(figsize=(1.5 * (len(frames) + 1), 2.0))
+    axes = figure.subplots(1, len(frames) + 1)
     axes[0].imshow(identity)
     axes[0].set_xlabel("identity", fontsize=8)
-    for axis, i in zip(axes[1:], picks):
+    for axis, i in zip(axes[1:], sorted(frames)):
         axis.imshow(frames[i])
         axis.set_xlabel(f"{i / fps:.1f} s\nk = {intensity[i]:.2f}\n{EMOTIONS[int(emotion_weights[i].argmax())]}",
                         fontsize=8)
@@ -102,7 +101,6 @@ def write_contact_sheet(path: Path, identity: np.ndarray, frames: np.ndarray, in
     figure.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     figure.savefig(tmp, dpi=100)
-    plt.close(figure)
     os.replace(tmp, path)
 
 
@@ -110,24 +108,30 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint if args.checkpoint is not None else bundled_checkpoint()
     pipeline = load_demo_pipeline(checkpoint)
     fps, resolution = pipeline.settings["fps"], pipeline.settings["resolution"]
-    world, identity_index = demo_identity(checkpoint, resolution, fps)
-    identity = world.render(world.identity(identity_index), np.zeros((1, len(EXPRESSION_PARAMS))))[0]
+    world = demo_world(checkpoint, resolution, fps)
+    (identity_index,) = unseen_identities(trained_world(checkpoint) or {}, 1)
+    identity = world.portrait(identity_index)
     n_frames = int(round(SECONDS * fps))
     rng = np.random.default_rng(args.seed)
     audio, _ = world.speech(n_frames, parse_intensity(INTENSITY, n_frames, fps), rng)
     video = pipeline.conditions(identity, audio, EMOTION, INTENSITY, seed=args.seed, aligned=True)
     paths = {"video": args.out / "demo.mp4", "schedule": args.out / "intensity.png",
-             "sheet": args.out / "contact_sheet.png"}
-    frames = []
+             "sheet": args.out / "contact_sheet.png", "identity": args.out / "identity.png",
+             "speech": args.out / "speech.wav"}
+    picks, frames = sheet_frames(n_frames), {}
     with VideoWriter(paths["video"], fps, audio=audio) as writer:
-        for _, batch in pipeline.sample([video], steps=args.steps, cfg_expression=args.cfg_exp, seeds=[args.seed]):
-            frames.append(to_uint8(batch[0]))
-            writer.write(enlarge(frames[-1]))
+        for i, batch in pipeline.sample([video], steps=args.steps, cfg_expression=args.cfg_exp, seeds=[args.seed]):
+            frame = enlarge(to_uint8(batch[0]))
+            writer.write(frame)
+            if i in picks:
+                frames[i] = frame
     intensity, weights = video.intensity.numpy(), video.emotion_weights.numpy()
     plot_schedule(intensity, fps, paths["schedule"], weights, title=f"demo: {EMOTION}, intensity {INTENSITY}")
-    write_contact_sheet(paths["sheet"], enlarge(identity), np.stack([enlarge(f) for f in frames]), intensity, weights, fps)
+    write_contact_sheet(paths["sheet"], enlarge(identity), frames, intensity, weights, fps)
+    save_render(paths["identity"], world, identity_index)
+    write_wav(paths["speech"], audio)
     print(f"demo: identity syn{identity_index:03d} of synthetic world seed {world.seed} (not seen in training), "
           f"emotion {EMOTION}, intensity {INTENSITY}")
     for name, path in paths.items():
-        print(f"wrote {path}" + (f" ({len(frames)} frames at {fps:g} fps, with its speech)" if name == "video" else ""))
+        print(f"wrote {path}" + (f" ({n_frames} frames at {fps:g} fps, with its speech)" if name == "video" else ""))
     return 0

@@ -28,7 +28,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
 from emodiff import __version__
-from emodiff.control import expression_condition, parse_emotions, parse_intensity
+from emodiff.control import ScheduleOptions, expression_condition, frame_schedule
 from emodiff.data.datasets import frames_to_tensor, window_indices
 from emodiff.data.expression import strongest_level_expressions
 from emodiff.data.labels import EMOTIONS, NEUTRAL
@@ -243,12 +243,13 @@ class EmoDiffPipeline:
         return expression_condition(neutral, targets, emotion_weights, intensity)
 
     def conditions(self, identity_image: np.ndarray, audio: np.ndarray, emotion: str, intensity: str | float,
-                   *, interpolation: str = "linear", seed: int = 0, aligned: bool = False) -> VideoConditions:
+                   *, options: ScheduleOptions = ScheduleOptions(), seed: int = 0, aligned: bool = False) -> VideoConditions:
         """Align the identity image, extract the audio features and build the per-frame expression condition.
 
-        `emotion` is a name or a timeline (`"happy@0,surprised@2"`), `intensity` a `parse_intensity` SPEC.
-        The video has one frame per audio-feature row, T = round(duration × fps). `aligned=True` takes the
-        identity image as an aligned face crop already (a store frame, a synthetic render) and only resizes it.
+        `emotion` is a name or a timeline (`"happy@0,surprised@2"`), `intensity` a `parse_intensity` SPEC, applied
+        with `options` (`frame_schedule`). The video has one frame per audio-feature row, T = round(duration × fps).
+        `aligned=True` takes the identity image as an aligned face crop already (a store frame, a synthetic render)
+        and only resizes it.
         """
         from emodiff.data.audio_features import check_speech, extract_audio_features
 
@@ -256,10 +257,7 @@ class EmoDiffPipeline:
         check_speech(audio)
         features = extract_audio_features(audio, fps, kind=self.settings["audio_features"],
                                           model=self.settings["audio_model"])
-        n_frames = len(features)
-        weights = parse_emotions(emotion, n_frames, fps).weights(n_frames, fps)
-        k = parse_intensity(intensity, n_frames, fps, interpolation=interpolation, audio_features=features,
-                            predictor=self.intensity_predictor)
+        k, weights = frame_schedule(emotion, intensity, len(features), fps, options, features, self.intensity_predictor)
         if aligned:
             crop = identity_image
         else:

@@ -6,10 +6,12 @@ Many videos: emodiff sample --checkpoint DIR --jobs jobs.jsonl   (also under `ac
              which splits the jobs across processes). Each JSON line has identity, audio, emotion, intensity,
              out and optionally seed; the other settings come from the flags.
 
---emotion takes a name or a timeline ("happy@0,surprised@2"); --intensity takes a number, key frames in seconds
-("0:0.2,1.5:0.9"), a per-frame .csv/.npy or `audio` (predicted from the speech). Each OUT.mp4 (H.264 with the
-input audio) comes with OUT.intensity.png (the schedule) and, with --preview, OUT.preview.mp4 (identity | video).
-A video that fails leaves no mp4 behind.
+--emotion takes a name or a timeline ("happy@0,surprised@2", --crossfade seconds); --intensity takes a number, key
+frames in seconds ("0:0.2,1.5:0.9", --interpolation), a per-frame .csv/.npy or `audio` (predicted from the speech;
+--scale, --clip, --smooth-frames, --temperature). Each OUT.mp4 (H.264 with the input audio) comes with
+OUT.intensity.png (the schedule) and, with --preview, OUT.preview.mp4 (identity | video). A video that fails leaves
+no mp4 behind. A face that a pipeline trained in the synthetic world cannot animate (anything but that world's
+renders, e.g. a photo) gets a one-sentence warning; a render of the world is used as the aligned crop it is.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emodiff.control import plot_schedule
+from emodiff.control import ScheduleOptions, add_schedule_arguments, plot_schedule
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.media import VideoWriter, load_audio
+from emodiff.data.synthetic import render_origin, trained_world
 from emodiff.errors import EmodiffError
 from emodiff.models.rrdbnet import RELEASED_WEIGHTS, RRDBNet
 from emodiff.pipeline import SAMPLERS, EmoDiffPipeline, VideoConditions
@@ -53,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio", help="driving speech (wav, mp3, m4a, flac or a video's audio)")
     parser.add_argument("--emotion", help=f"one of {', '.join(EMOTIONS)}, or a timeline like 'happy@0,surprised@2'")
     parser.add_argument("--intensity", default="1.0", help="k ∈ [0, 1]: a number, key frames, a .csv/.npy or 'audio'")
+    add_schedule_arguments(parser)
     parser.add_argument("--out", help="output .mp4")
     parser.add_argument("--jobs", help="a .jsonl file of jobs (identity, audio, emotion, intensity, out[, seed])")
     parser.add_argument("--batch-size", type=int, default=4, help="videos sampled together in --jobs mode")
@@ -61,8 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-audio", type=float, default=1.0, help="classifier-free guidance scale for the audio")
     parser.add_argument("--cfg-exp", type=float, default=1.0, help="classifier-free guidance scale for the expression")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--interpolation", choices=("linear", "smooth"), default="linear",
-                        help="how key-framed intensities are interpolated")
     parser.add_argument("--sr", choices=list(SR_SCALES), default="none", help="super-resolution of the output frames")
     parser.add_argument("--sr-weights", default=os.environ.get("EMODIFF_SR_WEIGHTS"),
                         help=f"{RELEASED_WEIGHTS[4]} / {RELEASED_WEIGHTS[2]} (default: $EMODIFF_SR_WEIGHTS)")
@@ -100,7 +103,7 @@ def read_image(path: str) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))  # a writable copy (torch warns about read-only arrays)
     except FileNotFoundError:
         raise EmodiffError(f"Identity image {path} does not exist.") from None
     except (UnidentifiedImageError, OSError) as err:
@@ -136,9 +139,36 @@ def output_paths(out: str) -> dict[str, Path]:
     return {"video": path, "schedule": path.with_suffix(".intensity.png"), "preview": path.with_suffix(".preview.mp4")}
 
 
+def identity_warning(checkpoint: str | Path, identity: str, is_render: bool) -> str | None:
+    """One sentence when a pipeline trained in the synthetic world gets a face that is not one of the world's renders.
+
+    A warning, not a refusal: sampling such a face works, it only cannot look like the face, and a render saved
+    by other means than `save_render` (a frame cut from a synthetic video) is not recognised as one."""
+    if is_render or trained_world(checkpoint) is None:
+        return None
+    return (f"The pipeline {checkpoint} was trained only on the cartoon faces of the synthetic world, so "
+            f"{Path(identity).name}, which is not one of its renders, will come out as a noisy ghost of itself; use a "
+            "face of that world (the identity.png of `emodiff demo`, or an example face in `emodiff app`) or a pipeline "
+            "trained on real recordings.")
+
+
+def prepare_video(pipeline: EmoDiffPipeline, job: Job, args: argparse.Namespace) -> tuple[VideoConditions, np.ndarray, str | None]:
+    """The conditions of one job, its speech (16 kHz mono) and the `identity_warning` for its face (or None).
+
+    A render of the synthetic world (`render_origin`) is taken as the aligned crop it is; other images are aligned."""
+    audio = load_audio(job.audio)
+    image = read_image(job.identity)
+    is_render = render_origin(job.identity) is not None
+    video = pipeline.conditions(image, audio, job.emotion, job.intensity, options=ScheduleOptions.from_args(args),
+                                seed=job.seed, aligned=is_render)
+    return video, audio, identity_warning(args.checkpoint, job.identity, is_render)
+
+
 def sample_batch(pipeline: EmoDiffPipeline, jobs: list[Job], videos: list[VideoConditions], audios: list[np.ndarray],
-                 args: argparse.Namespace) -> None:
-    """Sample `videos` as one batch, streaming each frame to its writers; a failure removes every unfinished mp4."""
+                 args: argparse.Namespace) -> Iterator[int]:
+    """Sample `videos` as one batch, streaming each frame to its writers and yielding its index once written.
+
+    A failure, or a caller that stops iterating (the generator is closed), removes every unfinished mp4."""
     fps = pipeline.settings["fps"]
     stacks = [ExitStack() for _ in jobs]
     writers, previews = [], []
@@ -163,6 +193,7 @@ def sample_batch(pipeline: EmoDiffPipeline, jobs: list[Job], videos: list[VideoC
                 if i == videos[v].n_frames - 1:
                     open_stacks.discard(v)
                     stacks[v].close()
+            yield i
     except BaseException:
         for v in open_stacks:
             stacks[v].__exit__(*sys.exc_info())
@@ -174,6 +205,13 @@ def sample_batch(pipeline: EmoDiffPipeline, jobs: list[Job], videos: list[VideoC
         print(f"wrote {paths['video']} ({video.n_frames} frames at {fps:g} fps) and {paths['schedule'].name}")
 
 
+def load_pipeline(args: argparse.Namespace) -> EmoDiffPipeline:
+    """The pipeline of `--checkpoint` with the super-resolution of `--sr` (none by default)."""
+    pipeline = EmoDiffPipeline.from_pretrained(args.checkpoint)
+    pipeline.super_resolution = load_super_resolution(pipeline, args.sr, args.sr_weights)
+    return pipeline
+
+
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
@@ -183,25 +221,26 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise EmodiffError(f"--batch-size must be at least 1, not {args.batch_size}.")
     state = PartialState()
-    pipeline = EmoDiffPipeline.from_pretrained(args.checkpoint)
-    pipeline.super_resolution = load_super_resolution(pipeline, args.sr, args.sr_weights)
-    pipeline.to(state.device)
+    pipeline = load_pipeline(args).to(state.device)
     failures = 0
     with state.split_between_processes(jobs) as my_jobs:
         ready: list[tuple[Job, VideoConditions, np.ndarray]] = []
         for job in my_jobs:
             try:
-                audio = load_audio(job.audio)
-                ready.append((job, pipeline.conditions(read_image(job.identity), audio, job.emotion, job.intensity,
-                                                       interpolation=args.interpolation, seed=job.seed), audio))
+                video, audio, warning = prepare_video(pipeline, job, args)
             except EmodiffError as err:
                 if len(jobs) == 1:
                     raise
                 failures += 1
                 print(f"emodiff: error: {job.out}: {err}", file=sys.stderr)
+                continue
+            if warning:
+                print(f"emodiff: warning: {warning}", file=sys.stderr)
+            ready.append((job, video, audio))
         for start in range(0, len(ready), args.batch_size):
             batch_jobs, videos, audios = zip(*ready[start:start + args.batch_size])
-            sample_batch(pipeline, list(batch_jobs), list(videos), list(audios), args)
+            for _ in sample_batch(pipeline, list(batch_jobs), list(videos), list(audios), args):
+                pass
     return 1 if failures else 0
 
 

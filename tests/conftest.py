@@ -1,15 +1,21 @@
-"""Shared test helpers: the real-media fixtures folder and a tiny clip store."""
+"""Shared test helpers: the real-media fixtures folder, a tiny clip store and a tiny untrained pipeline."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
+from emodiff.data.audio_features import extract_audio_features
 from emodiff.data.labels import EMOTIONS
-from emodiff.data.store import ClipStore
+from emodiff.data.store import SAMPLE_RATE, ClipStore
+from emodiff.data.synthetic import WORLD_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +47,22 @@ def write_random_store(root: Path, n_clips: int = 4, n_frames: int = 12, size: i
             audio=np.zeros(n_frames * 640, dtype=np.float32))
         store.append_manifest({"id": cid, "status": "ok", "identity": f"id{c % 2}", "emotion": emotion})
     return store
+
+
+def write_tiny_pipeline(folder: Path, size: int = 16, fps: int = 25, world: dict | None = None) -> Path:
+    """An untrained size² pipeline folder (tiny denoiser config, stored references, no generator or predictor), with
+    `world` as its synthetic world description when given (as `emodiff assemble` copies it from a synthetic store)."""
+    from emodiff.models.reference_net import ReferenceNet
+    from emodiff.models.unet import DenoisingUNet
+    from emodiff.pipeline import EmoDiffPipeline, ExpressionReference
+
+    config = OmegaConf.load(ROOT / "configs" / "denoiser_tiny.yaml")
+    audio_dim = extract_audio_features(np.zeros(SAMPLE_RATE, np.float32), fps).shape[1]
+    unet = DenoisingUNet(sample_size=size, window=config.data.window, audio_dim=audio_dim, expression_dim=50,
+                         **OmegaConf.to_container(config.unet))
+    EmoDiffPipeline(unet.eval(), ReferenceNet.matching(unet).eval(), ExpressionReference(expression_dim=50),
+                    diffusion=OmegaConf.to_container(config.diffusion), resolution=size, window=config.data.window,
+                    fps=fps).save_pretrained(folder)
+    if world is not None:
+        (folder / WORLD_FILE).write_text(json.dumps(world))
+    return folder

@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from matplotlib import image as mpimg
-from omegaconf import OmegaConf
 
 from emodiff import demo
 from emodiff.cli import main as cli_main
-from emodiff.data.audio_features import extract_audio_features
 from emodiff.data.media import load_audio, probe, read_video
 from emodiff.data.store import SAMPLE_RATE
-from emodiff.models.reference_net import ReferenceNet
-from emodiff.models.unet import DenoisingUNet
-from emodiff.pipeline import EmoDiffPipeline, ExpressionReference
+from emodiff.data.synthetic import render_origin
+from tests.conftest import write_tiny_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
-SIZE, FPS = 16, 25
+FPS = 25
 
 
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory) -> Path:
-    """An untrained 16² pipeline folder (tiny denoiser config) with the world description of its store."""
-    config = OmegaConf.load(ROOT / "configs" / "denoiser_tiny.yaml")
-    audio_dim = extract_audio_features(np.zeros(SAMPLE_RATE, np.float32), FPS).shape[1]
-    unet = DenoisingUNet(sample_size=SIZE, window=config.data.window, audio_dim=audio_dim, expression_dim=50,
-                         **OmegaConf.to_container(config.unet))
-    folder = tmp_path_factory.mktemp("tiny") / "pipeline"
-    EmoDiffPipeline(unet.eval(), ReferenceNet.matching(unet).eval(), ExpressionReference(expression_dim=50),
-                    diffusion=OmegaConf.to_container(config.diffusion), resolution=SIZE, window=config.data.window,
-                    fps=FPS).save_pretrained(folder)
-    (folder / demo.WORLD_FILE).write_text(json.dumps({"seed": 3, "size": 32, "held_out_identities": ["syn005", "syn006"]}))
-    return folder
+    """An untrained 16² pipeline folder with the world description of its store."""
+    return write_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline", size=16, fps=FPS,
+                               world={"seed": 3, "size": 32, "held_out_identities": ["syn005", "syn006"]})
 
 
 def test_demo_writes_the_video_with_speech_the_intensity_plot_and_the_contact_sheet(tiny_pipeline, tmp_path, capsys):
@@ -54,7 +40,10 @@ def test_demo_writes_the_video_with_speech_the_intensity_plot_and_the_contact_sh
         image = mpimg.imread(out / name)
         assert image.shape[0] > 100 and image.std() > 0.05, name
         assert str(out / name) in printed
-    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "demo.mp4", "intensity.png"]
+    assert render_origin(out / "identity.png") == {"seed": 3, "size": 32, "identity": 5}  # `emodiff sample` knows it
+    assert abs(len(load_audio(out / "speech.wav")) - len(load_audio(video))) < 0.05 * SAMPLE_RATE
+    assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "demo.mp4", "identity.png", "intensity.png",
+                                                     "speech.wav"]
 
 
 def test_missing_checkpoint_is_one_sentence_that_says_how_to_make_it(tmp_path, monkeypatch, capsys):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from emodiff.cli import main
 from emodiff.data.audio_features import audio_feature_dim
 from emodiff.data.media import load_audio, probe, read_video
 from emodiff.data.store import write_wav
+from emodiff.data.synthetic import WORLD_FILE
 from emodiff.models.intensity_vae import IntensityVAE
 from emodiff.models.rrdbnet import RRDBNet
 from emodiff.pipeline import EmoDiffPipeline
@@ -160,3 +163,20 @@ def test_bad_inputs_give_one_sentence_and_no_video(case, overrides, message, che
     assert err.startswith("emodiff: error:") and len(err.splitlines()) == 1 and "Traceback" not in err
     assert re.search(message, err), err
     assert not any(p.suffix in (".mp4", ".png") for p in tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_a_photo_with_a_synthetic_world_pipeline_gets_one_warning_sentence_and_mediapipe_logs_only_when_verbose(
+        checkpoint, media, tmp_path):
+    """Run as users do (a fresh process: mediapipe's C++ logging writes to file descriptor 2)."""
+    synthetic = tmp_path / "synthetic_pipeline"
+    shutil.copytree(checkpoint, synthetic)
+    (synthetic / WORLD_FILE).write_text(json.dumps({"seed": 0, "size": 32}))
+    argv = [sys.executable, "-m", "emodiff", *sample_args(synthetic, media, tmp_path / "photo.mp4", **{"--steps": 1})]
+    quiet = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("emodiff: warning: The pipeline ") and lines[0].count(". ") == 0
+    assert "face_happy.png, which is not one of its renders" in lines[0] and "emodiff demo" in lines[0]
+    assert (tmp_path / "photo.mp4").is_file()  # a warning, not a refusal
+    verbose = subprocess.run(argv + ["--verbose"], capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 0 and re.search(r"W0000|TensorFlow Lite", verbose.stderr), verbose.stderr

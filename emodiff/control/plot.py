@@ -1,17 +1,17 @@
-"""Draw an intensity schedule (and an emotion timeline's weights) to a PNG."""
+"""Draw an intensity schedule (and an emotion timeline's weights) to a PNG.
+
+Figures are made with matplotlib's object API (`Figure`), not pyplot's global state, so several threads (the
+app's sessions) can draw at once."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from emodiff.data.labels import EMOTIONS  # noqa: E402
+from emodiff.data.labels import EMOTIONS
 
 
 def plot_schedule(k: np.ndarray, fps: float, path: str | Path, emotion_weights: np.ndarray | None = None,
@@ -23,7 +23,8 @@ def plot_schedule(k: np.ndarray, fps: float, path: str | Path, emotion_weights: 
     path = Path(path)
     t = np.arange(len(k)) / fps
     rows = 2 if emotion_weights is not None else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(8, 2.6 * rows), sharex=True, squeeze=False)
+    fig = Figure(figsize=(8, 2.6 * rows))
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
     ax = axes[0, 0]
     ax.plot(t, k, color="tab:red")
     ax.set_ylim(-0.05, 1.05)
@@ -40,6 +41,5 @@ def plot_schedule(k: np.ndarray, fps: float, path: str | Path, emotion_weights: 
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     os.replace(tmp, path)
     return path

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emodiff.control.intensity import INTERPOLATIONS, parse_intensity
 from emodiff.control.plot import plot_schedule
-from emodiff.control.timeline import DEFAULT_CROSSFADE, parse_emotions
+from emodiff.control.schedule import ScheduleOptions, add_schedule_arguments, frame_schedule
 from emodiff.data.audio_features import extract_audio_features, n_video_frames
 from emodiff.data.media import load_audio
 from emodiff.data.store import save_npy_atomic
@@ -25,9 +24,8 @@ from emodiff.errors import EmodiffError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intensity", required=True, metavar="SPEC",
                         help="a number in [0, 1], key frames 'SECONDS:K,...', a per-frame .csv/.npy, or 'audio'")
-    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="linear", help="between key frames")
     parser.add_argument("--emotion", metavar="TIMELINE", help="'happy' or 'happy@0,surprised@2' (seconds)")
-    parser.add_argument("--crossfade", type=float, default=DEFAULT_CROSSFADE, help="seconds per emotion change")
+    add_schedule_arguments(parser)
     parser.add_argument("--fps", type=float, default=25.0)
     length = parser.add_mutually_exclusive_group(required=True)
     length.add_argument("--duration", type=float, help="length of the audio in seconds")
@@ -35,10 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     length.add_argument("--audio-features", type=Path, metavar="NPY", help="frame-aligned audio features (T, F)")
     parser.add_argument("--audio-kind", default="mel", help="features computed from --audio for the predictor")
     parser.add_argument("--predictor", type=Path, help="trained intensity VAE folder (for 'audio')")
-    parser.add_argument("--temperature", type=float, default=0.0, help="prior temperature (0 = deterministic)")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply the predicted intensity")
-    parser.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"))
-    parser.add_argument("--smooth-frames", type=int, default=0, help="moving-average width of the prediction")
     parser.add_argument("--plot", type=Path, help="PNG to draw the schedule to")
     parser.add_argument("--save", type=Path, help=".npy to write the per-frame k to")
 
@@ -63,12 +57,8 @@ def run(args: argparse.Namespace) -> int:
         from emodiff.models.intensity_vae import load_intensity_vae
 
         predictor = load_intensity_vae(args.predictor)
-    k = parse_intensity(args.intensity, n_frames, args.fps, interpolation=args.interpolation,
-                        audio_features=features, predictor=predictor, temperature=args.temperature,
-                        scale=args.scale, clip=tuple(args.clip), smooth_frames=args.smooth_frames)
-    weights = None
-    if args.emotion:
-        weights = parse_emotions(args.emotion, n_frames, args.fps).weights(n_frames, args.fps, args.crossfade)
+    k, weights = frame_schedule(args.emotion or None, args.intensity, n_frames, args.fps, ScheduleOptions.from_args(args),
+                                features, predictor)
     if args.plot:
         plot_schedule(k, args.fps, args.plot, weights, title=f"intensity: {args.intensity}")
     if args.save:

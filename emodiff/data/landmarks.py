@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from emodiff.errors import EmodiffError
+from emodiff.native_logs import native_logs_silenced
 
 # iBUG-68 index (0-based) -> MediaPipe mesh vertices averaged for it.
 MEDIAPIPE_TO_IBUG68: tuple[tuple[int, ...], ...] = (
@@ -67,7 +68,9 @@ class LandmarkDetector(Protocol):
 class MediaPipeDetector:
     """MediaPipe face mesh (478 points with the iris refinement). `video=True` tracks across
     consecutive frames (fast); `video=False` detects every image independently. Up to two faces
-    are reported, enough to notice a second face."""
+    are reported, enough to notice a second face. Its C++ log lines are silenced during each call
+    (`emodiff.native_logs`); in video mode its graph threads also log between calls, so a caller that tracks a
+    video keeps the whole pass inside `native_logs_silenced()` (`emodiff.data.prepare.detect_faces`)."""
 
     name = "mediapipe"
 
@@ -75,13 +78,15 @@ class MediaPipeDetector:
         import mediapipe as mp
 
         self.version = mp.__version__
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=not video, max_num_faces=2, refine_landmarks=True,
-            min_detection_confidence=0.5, min_tracking_confidence=0.5)
+        with native_logs_silenced():
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=not video, max_num_faces=2, refine_landmarks=True,
+                min_detection_confidence=0.5, min_tracking_confidence=0.5)
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         height, width = image_rgb.shape[:2]
-        result = self._mesh.process(np.ascontiguousarray(image_rgb))
+        with native_logs_silenced():
+            result = self._mesh.process(np.ascontiguousarray(image_rgb))
         faces = []
         for landmarks in result.multi_face_landmarks or []:
             mesh = np.array([(p.x, p.y, p.z) for p in landmarks.landmark], dtype=np.float32)
@@ -90,7 +95,8 @@ class MediaPipeDetector:
         return faces
 
     def close(self) -> None:
-        self._mesh.close()
+        with native_logs_silenced():
+            self._mesh.close()
 
 
 FAN_WEIGHTS = ("3DFAN4", "depth", "s3fd")  # torch hub checkpoint name prefixes used by face-alignment 1.4

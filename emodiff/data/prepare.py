@@ -45,6 +45,7 @@ from emodiff.data.landmarks import LANDMARK_DETECTORS, largest_face, make_detect
 from emodiff.data.media import load_audio, probe, read_video
 from emodiff.data.store import ARRAY_NAMES, SAMPLE_RATE, Clip, ClipStore, save_npy_atomic, write_json_atomic
 from emodiff.errors import EmodiffError
+from emodiff.native_logs import native_logs_silenced
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 MIN_FACE_FRACTION = 0.5  # a clip needs a face in at least half of its frames
@@ -129,14 +130,16 @@ def interpolate_missing(values: np.ndarray, found: np.ndarray) -> np.ndarray:
 
 
 def detect_faces(path: Path, settings: PrepareSettings) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Pass 1: largest face per frame -> (T, 68, 2) points and (T, N, 3) mesh, gaps interpolated."""
-    detector = make_detector(settings.landmarks, video=True)
+    """Pass 1: largest face per frame -> (T, 68, 2) points and (T, N, 3) mesh, gaps interpolated. The tracker's
+    C++ log lines are silenced for the whole pass (they also come between frames)."""
     faces_per_frame = []
-    try:
-        for frame in read_video(path, settings.fps):
-            faces_per_frame.append(detector.detect(frame))
-    finally:
-        detector.close()
+    with native_logs_silenced():
+        detector = make_detector(settings.landmarks, video=True)
+        try:
+            for frame in read_video(path, settings.fps):
+                faces_per_frame.append(detector.detect(frame))
+        finally:
+            detector.close()
     chosen = [largest_face(faces) for faces in faces_per_frame]
     found = np.array([face is not None for face in chosen])
     n_frames, n_found = len(found), int(found.sum())

@@ -56,6 +56,8 @@ EXPRESSION_DIM = 50  # stored expression vectors: the 8 true parameters, then ze
 LEVEL_INTENSITY = {1: 0.35, 2: 0.65, 3: 0.9}  # MEAD level → base intensity k
 SIZE_RANGE = (16, 512)
 WORLD_FILE = "synthetic_world.json"  # the world description in a store's stats/ (and in pipelines assembled from it)
+UNSEEN_IDENTITY = 1000  # identity indices from here on are beyond any store `make_store` writes by default
+RENDER_TAG = "emodiff-synthetic-render"  # PNG text chunk of `save_render`: the world seed, size and identity
 CROP_ZOOM, CROP_CENTRE_Y = 1.25, 0.1  # a tight, aligned face crop
 
 # Emotion directions before normalisation (FACS-like: happy = smile + cheek raise, surprise = brows
@@ -370,6 +372,10 @@ class SyntheticWorld:
             _paint(image, _coverage(nostril * h), skin * 0.5)
         return image
 
+    def portrait(self, index: int) -> np.ndarray:
+        """The neutral face (S, S, 3) uint8 of identity `index`: the identity image a video of this person starts from."""
+        return self.render(self.identity(index), np.zeros((1, len(EXPRESSION_PARAMS))))[0]
+
     def render(self, identity: Identity, expression: np.ndarray) -> np.ndarray:
         """Frames (T, S, S, 3) uint8 of `identity` showing each expression of (T, 8)."""
         expr = _as_expression(expression, np.float32)
@@ -553,6 +559,55 @@ def _clip_plan(n_identities: int, clips_per_identity: int, emotions: Sequence[st
                 plan.append((i, j, *pairs[cursor % len(pairs)]))
                 cursor += 1
     return plan
+
+
+def trained_world(checkpoint: str | Path) -> dict | None:
+    """The description of the synthetic world a pipeline folder was trained in (its `synthetic_world.json`, which
+    `emodiff assemble` copies from the store), or None for a pipeline trained on other data."""
+    path = Path(checkpoint) / WORLD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def unseen_identities(description: dict, count: int) -> list[int]:
+    """`count` identity indices that a pipeline trained in the described world never saw: its held-out identities
+    (such as "syn007") first, then indices from `UNSEEN_IDENTITY` on."""
+    held_out = [int(name.removeprefix("syn")) for name in description.get("held_out_identities") or []]
+    return (held_out + list(range(UNSEEN_IDENTITY, UNSEEN_IDENTITY + count)))[:count]
+
+
+def save_render(path: str | Path, world: SyntheticWorld, index: int) -> Path:
+    """Write identity `index`'s portrait as a PNG whose `RENDER_TAG` text records where it comes from (world seed,
+    size, identity), so `render_origin` can tell this world's faces from photos; written atomically."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    path = Path(path)
+    tag = PngInfo()
+    tag.add_text(RENDER_TAG, json.dumps({"seed": world.seed, "size": world.size, "identity": int(index)}))
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    Image.fromarray(world.portrait(index)).save(tmp, pnginfo=tag)
+    os.replace(tmp, path)
+    return path
+
+
+def render_origin(path: str | Path) -> dict | None:
+    """{"seed", "size", "identity"} when `path` is a portrait written by `save_render` whose pixels are still exactly
+    that render (checked by rendering it again), else None: a photo, a screenshot, an edited or re-encoded render."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            tag = getattr(image, "text", {}).get(RENDER_TAG)
+            if tag is None:
+                return None
+            origin = json.loads(tag)
+            world = SyntheticWorld(int(origin["seed"]), int(origin["size"]))
+            index = int(origin["identity"])
+            pixels = np.asarray(image.convert("RGB"))
+        expected = world.portrait(index)
+    except (OSError, UnidentifiedImageError, json.JSONDecodeError, TypeError, KeyError, ValueError, EmodiffError):
+        return None
+    return origin if np.array_equal(pixels, expected) else None
 
 
 def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int = 4, n_frames: int = 50,
