@@ -34,7 +34,7 @@ def checkpoint(tmp_path_factory):
     """A tiny denoiser trained for a few steps on a random 16² store with 25 fps mel features, assembled into a
     pipeline and saved like a real one (sampling plumbing: the weights need not be good)."""
     root = tmp_path_factory.mktemp("ckpt")
-    store = write_random_store(root / "store", n_clips=4, n_frames=12, size=16,
+    store = write_random_store(root / "store", n_clips=8, n_frames=12, size=16,  # every emotion
                                feat_dim=audio_feature_dim("mel", FPS), exp_dim=6)
     config = OmegaConf.merge(OmegaConf.load(REPO / "configs" / "denoiser_tiny.yaml"), OmegaConf.from_dotlist(
         ["train.max_steps=3", "train.batch_size=4", "train.checkpoint_every=100", "train.validate_every=1000",
