@@ -51,7 +51,7 @@ def bundled_checkpoint() -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("emodiff_demo"), help="output folder (default ./emodiff_demo)")
     parser.add_argument("--checkpoint", type=Path, help="pipeline folder (default: the bundled emodiff/assets/demo)")
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps per frame (default 10)")
+    parser.add_argument("--steps", type=int, default=16, help="DDIM steps per frame (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the speech and the sampling noise (default 0)")
     parser.add_argument("--cfg-exp", type=float, default=2.0,
                         help="classifier-free guidance scale for the expression (default 2, as in the synthetic report)")
