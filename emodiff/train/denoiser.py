@@ -51,8 +51,9 @@ def compute_losses(batch: dict[str, torch.Tensor], unet: torch.nn.Module, refere
     motion = torch.where(motion_dropped[:, None, None, None], batch["identity"].repeat(1, 2, 1, 1), batch["motion"])
     # Conditioning augmentation (beyond the paper): motion frames noised to a random level s < motion_noise_max,
     # s given to the UNet; sampling noises its generated motion frames to a fixed small level.
-    motion_noise = torch.randint(0, max(config.train.motion_noise_max, 1), (b,), device=x0.device)
+    motion_noise = None  # off: no draw, so the paper's setting keeps its random stream
     if config.train.motion_noise_max:
+        motion_noise = torch.randint(0, config.train.motion_noise_max, (b,), device=x0.device)
         motion = diffusion.q_sample(motion, motion_noise, torch.randn_like(motion))
     out = unet(x_t, t, identity=batch["identity"], motion=motion, audio=batch["audio"],
                expression=batch["expression"], reference_features=reference_net(batch["identity"]),
