@@ -62,6 +62,9 @@ def build_app(pipeline: Any, checkpoint: Path, work_dir: Path, concurrency: int 
     faces, speeches = write_examples(checkpoint, work_dir / "examples")
     fps = pipeline.settings["fps"]
     request_defaults = SampleRequest  # the dataclass's defaults: sampler, steps, guidance, seed
+    # a distilled pipeline samples with its own step count and the guidance baked into it
+    default_steps = pipeline.default_steps if pipeline.guidance_baked else request_defaults.steps
+    default_cfg_audio, default_cfg_exp = pipeline.guidance_baked or (request_defaults.cfg_audio, request_defaults.cfg_exp)
     demo_timeline = [[name, float(start)] for name, start in (item.split("@") for item in demo.EMOTION.split(","))]
     demo_keyframes = [list(key) for key in parse_keyframes(demo.INTENSITY)]
 
@@ -120,9 +123,9 @@ def build_app(pipeline: Any, checkpoint: Path, work_dir: Path, concurrency: int 
                 schedule = gr.Image(label="Schedule", type="filepath", interactive=False, elem_id="schedule")
         with gr.Row():
             sampler = gr.Radio(list(SAMPLERS), value=request_defaults.sampler, label="Sampler")
-            steps = gr.Slider(1, 100, value=request_defaults.steps, step=1, label="Steps per frame", elem_id="steps")
-            cfg_audio = gr.Number(value=request_defaults.cfg_audio, label="Audio guidance")
-            cfg_exp = gr.Number(value=request_defaults.cfg_exp, label="Expression guidance")
+            steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps per frame", elem_id="steps")
+            cfg_audio = gr.Number(value=default_cfg_audio, label="Audio guidance")
+            cfg_exp = gr.Number(value=default_cfg_exp, label="Expression guidance")
             seed = gr.Number(value=request_defaults.seed, precision=0, label="Seed")
         with gr.Row():
             generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -178,8 +181,8 @@ def build_app(pipeline: Any, checkpoint: Path, work_dir: Path, concurrency: int 
                     job = SampleJob(pipeline, checkpoint, SampleRequest(
                         Path(face_path), Path(speech_path), timeline_spec(timeline_rows),
                         intensity_spec(mode_name, k, key_rows), options(fade, interp, scale_, low, high, smooth),
-                        sampler_name, int(number(n_steps, request_defaults.steps)),
-                        number(guidance_audio, request_defaults.cfg_audio), number(guidance_exp, request_defaults.cfg_exp),
+                        sampler_name, int(number(n_steps, default_steps)),
+                        number(guidance_audio, default_cfg_audio), number(guidance_exp, default_cfg_exp),
                         int(number(seed_value, request_defaults.seed))),
                         work_dir / "jobs" / uuid.uuid4().hex)
                 except EmodiffError as err:

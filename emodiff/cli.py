@@ -38,6 +38,7 @@ TRAIN_STAGES: dict[str, str] = {
     "intensity": "emodiff.train.intensity",
     "emotion-classifier": "emodiff.train.emotion_classifier",
     "readout": "emodiff.train.readout",
+    "distill": "emodiff.train.distill",
 }
 
 

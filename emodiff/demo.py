@@ -41,6 +41,8 @@ EMOTION = "happy@0,surprised@2"
 INTENSITY = "0:0,1.6:1,2.2:0.3,4:1"  # ramp up while happy, drop at the change, ramp up again while surprised
 VIEW_SIZE = 256  # frames are enlarged by pixel repetition to at least this size for watching
 SHEET_FRAMES = 8
+TEACHER_STEPS = 16  # DDIM steps and expression guidance for an undistilled pipeline (the synthetic report's)
+TEACHER_CFG_EXPRESSION = 2.0
 
 
 def bundled_checkpoint() -> Path:
@@ -51,10 +53,11 @@ def bundled_checkpoint() -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("emodiff_demo"), help="output folder (default ./emodiff_demo)")
     parser.add_argument("--checkpoint", type=Path, help="pipeline folder (default: the bundled emodiff/assets/demo)")
-    parser.add_argument("--steps", type=int, default=16, help="DDIM steps per frame (default 16)")
+    parser.add_argument("--steps", type=int, help="DDIM steps per frame (default: the pipeline's own, else 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the speech and the sampling noise (default 0)")
-    parser.add_argument("--cfg-exp", type=float, default=2.0,
-                        help="classifier-free guidance scale for the expression (default 2, as in the synthetic report)")
+    parser.add_argument("--cfg-exp", type=float,
+                        help="classifier-free guidance scale for the expression (default 2, as in the synthetic report; "
+                             "a distilled pipeline has its own baked in)")
 
 
 def load_demo_pipeline(checkpoint: Path) -> EmoDiffPipeline:
@@ -119,8 +122,11 @@ def run(args: argparse.Namespace) -> int:
              "sheet": args.out / "contact_sheet.png", "identity": args.out / "identity.png",
              "speech": args.out / "speech.wav"}
     picks, frames = sheet_frames(n_frames), {}
+    distilled = pipeline.guidance_baked is not None
+    steps = args.steps if args.steps is not None else pipeline.default_steps if distilled else TEACHER_STEPS
+    cfg_expression = args.cfg_exp if args.cfg_exp is not None or distilled else TEACHER_CFG_EXPRESSION
     with VideoWriter(paths["video"], fps, audio=audio) as writer:
-        for i, batch in pipeline.sample([video], steps=args.steps, cfg_expression=args.cfg_exp, seeds=[args.seed]):
+        for i, batch in pipeline.sample([video], steps=steps, cfg_expression=cfg_expression, seeds=[args.seed]):
             frame = enlarge(to_uint8(batch[0]))
             writer.write(frame)
             if i in picks:

@@ -42,7 +42,8 @@ SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpmsolver++"}
 COMPONENTS = ("unet", "reference_net", "expression_reference", "expression_generator",
               "intensity_predictor", "super_resolution")
 OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_resolution")
-SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model", "motion_noise")
+SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model", "motion_noise", "steps")
+DEFAULT_STEPS = 25  # DDIM steps per frame of a pipeline that names none (a distilled one names its own)
 _LOADABLE_PACKAGE = "emodiff."  # model_index.json may only name classes of this package
 
 
@@ -112,11 +113,12 @@ class EmoDiffPipeline:
                  expression_generator: ModelMixin | None = None, intensity_predictor: ModelMixin | None = None,
                  super_resolution: ModelMixin | None = None, *, diffusion: dict, resolution: int, window: int = 2,
                  fps: float = 25.0, audio_features: str = "mel", audio_model: str | None = None,
-                 motion_noise: int = 0) -> None:
+                 motion_noise: int = 0, steps: int | None = None) -> None:
         """`diffusion` is the training config's diffusion section (beta_schedule, num_train_timesteps): the
         sampler of each call is made from it by `make_scheduler`, so DDPM, DDIM and DPM-Solver++ share its β_t.
         `motion_noise` is the level s (a diffusion step) the motion frames are noised to before each frame
-        (the denoiser's `train.motion_noise_sampling`; 0 = clean motion frames, the paper)."""
+        (the denoiser's `train.motion_noise_sampling`; 0 = clean motion frames, the paper). `steps` is the number of
+        sampling steps per frame the pipeline is made for (a distilled student's; None = DEFAULT_STEPS)."""
         if motion_noise and getattr(unet, "motion_noise_embedding", None) is None:
             raise EmodiffError("motion_noise needs a denoiser trained with motion-frame noise (train.motion_noise_max > 0).")
         self.unet = unet
@@ -127,7 +129,7 @@ class EmoDiffPipeline:
         self.super_resolution = super_resolution
         self.settings = {"diffusion": {key: diffusion[key] for key in ("beta_schedule", "num_train_timesteps")},
                          "resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features,
-                         "audio_model": audio_model, "motion_noise": int(motion_noise)}
+                         "audio_model": audio_model, "motion_noise": int(motion_noise), "steps": steps}
 
     # ----------------------------------------------------------------------------------------- storage
     def components(self) -> dict[str, object | None]:
@@ -273,36 +275,96 @@ class EmoDiffPipeline:
         )
 
     # -------------------------------------------------------------------------------------- sampling
+    @property
+    def default_steps(self) -> int:
+        """Sampling steps per frame when a call names none: the pipeline's `steps` setting, else DEFAULT_STEPS."""
+        return self.settings["steps"] or DEFAULT_STEPS
+
+    @property
+    def guidance_baked(self) -> tuple[float, float] | None:
+        """(s_audio, s_expression) distilled into the UNet (`emodiff train distill`), else None."""
+        scales = self.unet.config.get("guidance_scales")
+        return None if scales is None else (float(scales[0]), float(scales[1]))
+
     def make_sampler(self, sampler: str, steps: int) -> SchedulerMixin:
         """A diffusers scheduler of the requested kind with the trained β schedule (validates `steps`)."""
         if sampler not in SAMPLERS:
             raise EmodiffError(f"Unknown sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}.")
         if steps < 1:
             raise EmodiffError(f"The number of sampling steps must be at least 1, not {steps}.")
-        return make_scheduler(SAMPLERS[sampler], self.settings["diffusion"])
+        return make_scheduler(SAMPLERS[sampler], self.settings["diffusion"],
+                              self.unet.config.get("prediction_type", "epsilon"))
 
-    def _guided_prediction(self, x: torch.Tensor, t: torch.Tensor, rows: list[tuple[bool, bool]],
-                           inputs: dict[str, object], cfg_audio: float, cfg_expression: float) -> torch.Tensor:
-        """One batched UNet call over the guidance rows (`inputs` already repeated per row, with the keep masks),
-        combined as ε = ε(∅,∅) + s_a·(ε(a,∅) − ε(∅,∅)) + s_e·(ε(a,e) − ε(a,∅)); the variance comes from ε(a,e)."""
-        model_input = x if len(rows) == 1 else x.repeat(len(rows), 1, 1, 1)
-        out = self.unet(model_input, t, **inputs).float()
-        if len(rows) == 1:
-            return out
-        out = dict(zip(rows, out.chunk(len(rows))))
-        full = out[(True, True)]
-        eps = full[:, :3]
-        if cfg_expression != 1.0:
-            eps = eps + (cfg_expression - 1.0) * (full[:, :3] - out[(True, False)][:, :3])
-        if cfg_audio != 1.0:
-            eps = eps + (cfg_audio - 1.0) * (out[(True, False)][:, :3] - out[(False, False)][:, :3])
-        return torch.cat([eps, full[:, 3:]], 1)
+    def guidance_scales(self, cfg_audio: float | None, cfg_expression: float | None) -> tuple[float, float]:
+        """The (s_audio, s_expression) a call samples with: None means the UNet's baked scales for a distilled
+        student and 1 (no guidance) otherwise; a student refuses scales other than its own."""
+        baked = self.guidance_baked
+        asked = tuple((baked[i] if baked else 1.0) if value is None else float(value)
+                      for i, value in enumerate((cfg_audio, cfg_expression)))
+        if baked is not None and not np.allclose(asked, baked):
+            raise EmodiffError(f"This pipeline's denoiser was distilled with guidance audio {baked[0]:g} / expression "
+                               f"{baked[1]:g} baked in, so it cannot sample with audio {asked[0]:g} / expression "
+                               f"{asked[1]:g}; leave the guidance scales unset or use the teacher's pipeline.")
+        return asked
+
+    def guidance_rows(self, cfg_audio: float | None, cfg_expression: float | None) -> list[tuple[bool, bool]]:
+        """The (audio kept, expression kept) rows one denoising step evaluates as one batch: (a,e), then (a,∅) for
+        either guidance, then (∅,∅) for audio guidance; a distilled student (guidance baked in) needs only (a,e)."""
+        s_a, s_e = self.guidance_scales(cfg_audio, cfg_expression)
+        if self.guidance_baked is not None:
+            return [(True, True)]
+        return [(True, True)] + [(True, False)] * (s_a != 1.0 or s_e != 1.0) + [(False, False)] * (s_a != 1.0)
+
+    def forwards_per_frame(self, steps: int, cfg_audio: float | None = None, cfg_expression: float | None = None) -> int:
+        """UNet evaluations (batch rows) per generated frame: steps × guidance rows."""
+        return steps * len(self.guidance_rows(cfg_audio, cfg_expression))
+
+    def denoise(self, x: torch.Tensor, conditions: dict[str, torch.Tensor], reference_features: Sequence[torch.Tensor],
+                scheduler: SchedulerMixin, steps: int, cfg_audio: float | None = None, cfg_expression: float | None = None,
+                generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        """x_T (B,3,H,W) → x_0 in [−1, 1] for one batch of frames (eq. 3) with the scheduler's `steps` steps.
+
+        `conditions` holds the UNet inputs of the frames (identity, motion, motion_noise, audio and expression
+        windows, emotion, intensity). Every step is one batched UNet call over the guidance rows, combined as
+        ε = ε(∅,∅) + s_a·(ε(a,∅) − ε(∅,∅)) + s_e·(ε(a,e) − ε(a,∅)); the variance comes from ε(a,e).
+        """
+        rows = self.guidance_rows(cfg_audio, cfg_expression)
+        s_a, s_e = self.guidance_scales(cfg_audio, cfg_expression)
+        if self.guidance_baked is not None:
+            s_a = s_e = 1.0  # the student's single prediction is already the guided one
+        def per_row(value: torch.Tensor) -> torch.Tensor:  # one copy of a batch per guidance row
+            return value.repeat(len(rows), *[1] * (value.dim() - 1))
+
+        inputs: dict[str, object] = {key: per_row(value) for key, value in conditions.items()}
+        inputs["reference_features"] = [per_row(f) for f in reference_features]
+        keep = torch.tensor(rows, device=x.device).repeat_interleave(len(x), 0)
+        inputs.update(audio_keep=keep[:, 0], expression_keep=keep[:, 1])
+        dtype = self.unet.dtype
+        x = x * scheduler.init_noise_sigma
+        scheduler.set_timesteps(steps, device=x.device)  # also resets multistep state between frames
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(x, t).to(dtype)
+            out = self.unet(per_row(model_input), t, **inputs).float()
+            if len(rows) > 1:
+                out = dict(zip(rows, out.chunk(len(rows))))
+                full = out[(True, True)]
+                eps = full[:, :3]
+                if s_e != 1.0:
+                    eps = eps + (s_e - 1.0) * (full[:, :3] - out[(True, False)][:, :3])
+                if s_a != 1.0:
+                    eps = eps + (s_a - 1.0) * (out[(True, False)][:, :3] - out[(False, False)][:, :3])
+                out = torch.cat([eps, full[:, 3:]], 1)
+            x = scheduler.step(scheduler_model_output(scheduler, out), t, x, generator=generator).prev_sample
+        return x.clamp(-1, 1)
 
     @torch.no_grad()
-    def sample(self, videos: Sequence[VideoConditions], steps: int = 25, sampler: str = "ddim",
-               cfg_audio: float = 1.0, cfg_expression: float = 1.0, seeds: Sequence[int] | None = None,
+    def sample(self, videos: Sequence[VideoConditions], steps: int | None = None, sampler: str = "ddim",
+               cfg_audio: float | None = None, cfg_expression: float | None = None, seeds: Sequence[int] | None = None,
                progress: bool = True) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
         """Generate the videos frame by frame as one batch; yields (i, {video number: frame (3, H, W) in [-1, 1]}).
+
+        `steps` None is the pipeline's `default_steps`; guidance scales None are a distilled student's baked ones
+        and no guidance (1) otherwise.
 
         Only the two previous outputs per video are kept, so memory does not grow with the length.
         Each video draws its noise from its own generator seeded by `seeds[v]`, so a video is the same
@@ -313,19 +375,13 @@ class EmoDiffPipeline:
         training, so the grain of generated frames does not build up over the video.
         """
         device, dtype = self.device, self.unet.dtype
+        steps = self.default_steps if steps is None else steps
         scheduler = self.make_sampler(sampler, steps)
         motion_noise = self.settings["motion_noise"]
         diffusion = GaussianDiffusion.from_config(self.settings["diffusion"])
         seeds = list(seeds) if seeds is not None else [0] * len(videos)
         generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-        rows = [(True, True)]
-        if cfg_expression != 1.0 or cfg_audio != 1.0:
-            rows.append((True, False))
-        if cfg_audio != 1.0:
-            rows.append((False, False))
-        def per_row(value: torch.Tensor) -> torch.Tensor:  # one copy of a batch per guidance row
-            return value.repeat(len(rows), *[1] * (value.dim() - 1))
-
+        self.guidance_rows(cfg_audio, cfg_expression)  # refuse scales a distilled student cannot use before any work
         n = self.settings["window"]
         identity = torch.stack([v.identity for v in videos]).to(device, dtype)
         reference_features = self.reference_net(identity)  # once per video, reused for every frame and step
@@ -350,18 +406,9 @@ class EmoDiffPipeline:
                 "emotion": torch.stack([videos[v].emotion_weights[i].argmax() for v in active]).to(device),
                 "intensity": torch.stack([videos[v].intensity[i] for v in active]).to(device, dtype),
             }
-            inputs = {key: per_row(value) for key, value in conditions.items()}
-            inputs["reference_features"] = [per_row(f[index]) for f in reference_features]
-            keep = torch.tensor(rows, device=device).repeat_interleave(len(active), 0)
-            inputs.update(audio_keep=keep[:, 0], expression_keep=keep[:, 1])
             x = torch.stack([torch.randn(identity.shape[1:], generator=g, device=device) for g in frame_generators])
-            x = x * scheduler.init_noise_sigma
-            scheduler.set_timesteps(steps, device=device)  # also resets multistep state between frames
-            for t in scheduler.timesteps:
-                model_input = scheduler.scale_model_input(x, t).to(dtype)
-                prediction = self._guided_prediction(model_input, t, rows, inputs, cfg_audio, cfg_expression)
-                x = scheduler.step(scheduler_model_output(scheduler, prediction), t, x, generator=frame_generators).prev_sample
-            frames = x.clamp(-1, 1)
+            frames = self.denoise(x, conditions, [f[index] for f in reference_features], scheduler, steps, cfg_audio,
+                                  cfg_expression, generator=frame_generators)
             new = torch.zeros_like(identity)
             new[index] = frames.to(dtype)
             previous = [previous[1], new]

@@ -61,10 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output .mp4")
     parser.add_argument("--jobs", help="a .jsonl file of jobs (identity, audio, emotion, intensity, out[, seed])")
     parser.add_argument("--batch-size", type=int, default=4, help="videos sampled together in --jobs mode")
-    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--steps", type=int, help="sampling steps per frame (default: the pipeline's own, "
+                        "e.g. 4 for a distilled one, else 25)")
     parser.add_argument("--sampler", choices=list(SAMPLERS), default="ddim")
-    parser.add_argument("--cfg-audio", type=float, default=1.0, help="classifier-free guidance scale for the audio")
-    parser.add_argument("--cfg-exp", type=float, default=1.0, help="classifier-free guidance scale for the expression")
+    parser.add_argument("--cfg-audio", type=float, help="classifier-free guidance scale for the audio (default 1, none; "
+                        "a distilled pipeline has its scales baked in)")
+    parser.add_argument("--cfg-exp", type=float, help="classifier-free guidance scale for the expression (default 1, "
+                        "none; a distilled pipeline has its scales baked in)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sr", choices=list(SR_SCALES), default="none", help="super-resolution of the output frames")
     parser.add_argument("--sr-weights", default=os.environ.get("EMODIFF_SR_WEIGHTS"),

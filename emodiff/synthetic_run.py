@@ -297,7 +297,8 @@ def evaluate(config: DictConfig, out: Path) -> dict:
                        config.stages.denoiser.overrides.train.max_steps), "held_out_identities": identities,
                    "speech_clips": int(ev.audio_clips), "steps": int(ev.steps), "sampler": ev.sampler,
                    "cfg_audio": float(ev.cfg_audio), "cfg_expression": float(ev.cfg_expression),
-                   "motion_noise": pipeline.settings["motion_noise"]},
+                   "motion_noise": pipeline.settings["motion_noise"],
+                   "forwards_per_frame": pipeline.forwards_per_frame(ev.steps, ev.cfg_audio, ev.cfg_expression)},
     }
     write_json_atomic(out / "metrics.json", metrics)
     _plots(out, videos, generated, truth, speeches, intensities, tests, predicted, drift_curve)

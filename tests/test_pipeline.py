@@ -121,6 +121,7 @@ class KnownEpsilon(torch.nn.Module):
     its variance channels say which guidance row they came from (audio kept + 2·expression kept)."""
 
     dtype = torch.float32
+    config = {"prediction_type": "epsilon", "guidance_scales": None}
 
     def __init__(self):
         super().__init__()

@@ -15,16 +15,19 @@ from emodiff.errors import EmodiffError
 SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 
 
-def make_scheduler(name: str, diffusion_config: Mapping[str, Any]) -> SchedulerMixin:
+def make_scheduler(name: str, diffusion_config: Mapping[str, Any], prediction_type: str = "epsilon") -> SchedulerMixin:
     """A diffusers scheduler for sampler `name` with exactly the betas the model was trained on.
 
     `diffusion_config` is the training config's `diffusion` section (num_train_timesteps,
     beta_schedule). DDPM and DPM-Solver++ read the learned-range variance half of the UNet output;
     DDIM (deterministic, η = 0) uses ε only (see `scheduler_model_output`). Predicted frames stay in
-    [−1, 1]: clip_sample for DDPM/DDIM, dynamic thresholding for DPM-Solver++.
+    [−1, 1]: clip_sample for DDPM/DDIM, dynamic thresholding for DPM-Solver++. `prediction_type` is the
+    UNet's ("v_prediction" for a distilled student, which has no trained variance and so no DDPM sampler).
     """
     betas = make_betas(diffusion_config["beta_schedule"], int(diffusion_config["num_train_timesteps"]))
-    common = dict(num_train_timesteps=len(betas), trained_betas=betas.tolist(), prediction_type="epsilon")
+    common = dict(num_train_timesteps=len(betas), trained_betas=betas.tolist(), prediction_type=prediction_type)
+    if name == "ddpm" and prediction_type != "epsilon":
+        raise EmodiffError("A distilled denoiser has no trained variance, so it cannot use the ddpm sampler; use ddim.")
     if name == "ddpm":
         return DDPMScheduler(**common, variance_type="learned_range", clip_sample=True)
     if name == "ddim":

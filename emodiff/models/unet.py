@@ -21,6 +21,7 @@ from emodiff.errors import EmodiffError
 from emodiff.models.conditioning import TimestepEncoder, WindowEncoder, build_expression_encoder
 
 ATTENTION_BACKENDS = ("sdpa", "xformers")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -260,6 +261,11 @@ class DenoisingUNet(ModelMixin, ConfigMixin):
     the motion frames may arrive noised to a level s (a diffusion timestep, `GaussianDiffusion.q_sample`) and
     s is embedded like t and added to t's embedding: the conditioning augmentation of cascaded diffusion
     models (Ho et al. 2021, §3.2), which keeps the grain of generated motion frames from accumulating.
+
+    A distilled student (`emodiff train distill`) has the same layers but predicts v = α_t·ε − σ_t·x_0
+    (`prediction_type="v_prediction"`, Salimans & Ho 2022) in its first three channels, and `guidance_scales`
+    (s_audio, s_expression) records the classifier-free guidance baked into it: it is sampled with one
+    conditional forward per step.
     """
 
     _supports_gradient_checkpointing = True
@@ -283,8 +289,12 @@ class DenoisingUNet(ModelMixin, ConfigMixin):
         num_emotions: int = 8,
         attention_backend: str = "sdpa",
         motion_noise_conditioning: bool = False,
+        prediction_type: str = "epsilon",
+        guidance_scales: Sequence[float] | None = None,
     ):
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise EmodiffError(f"Unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}.")
         self.time_embedding = TimestepEncoder(base_channels, embedding_dim)
         self.motion_noise_embedding = TimestepEncoder(base_channels, embedding_dim) if motion_noise_conditioning else None
         self.audio_embedding = WindowEncoder(audio_dim, window, embedding_dim)
