@@ -36,6 +36,7 @@ from emodiff.data.store import ClipStore
 from emodiff.diffusion.gaussian import GaussianDiffusion
 from emodiff.diffusion.schedulers import make_scheduler, scheduler_model_output
 from emodiff.errors import EmodiffError
+from emodiff.inference import InferenceOptions, autocast, prepare_modules
 
 # command-line sampler names -> `make_scheduler` names
 SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpmsolver++"}
@@ -128,6 +129,7 @@ class EmoDiffPipeline:
         self.settings = {"diffusion": {key: diffusion[key] for key in ("beta_schedule", "num_train_timesteps")},
                          "resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features,
                          "audio_model": audio_model, "motion_noise": int(motion_noise)}
+        self.inference = InferenceOptions()
 
     # ----------------------------------------------------------------------------------------- storage
     def components(self) -> dict[str, object | None]:
@@ -218,6 +220,13 @@ class EmoDiffPipeline:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    def accelerate_inference(self, options: InferenceOptions) -> "EmoDiffPipeline":
+        """Run the networks with `options` from now on (`emodiff.inference`: autocast precision, channels_last,
+        torch.compile of the denoiser, attention backend); call it after `to(device)`."""
+        prepare_modules(self.unet, [m for m in self.modules() if m is not self.unet], self.device, options)
+        self.inference = options
+        return self
+
     # ------------------------------------------------------------------------------------ conditions
     @torch.no_grad()
     def expression_sequence(self, emotion_weights: np.ndarray, intensity: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -281,6 +290,20 @@ class EmoDiffPipeline:
             raise EmodiffError(f"The number of sampling steps must be at least 1, not {steps}.")
         return make_scheduler(SAMPLERS[sampler], self.settings["diffusion"])
 
+    def guidance_rows(self, cfg_audio: float, cfg_expression: float) -> list[tuple[bool, bool]]:
+        """The (audio kept, expression kept) rows one guided prediction batches: (a,e), then (a,∅) for any guidance,
+        then (∅,∅) for audio guidance."""
+        rows = [(True, True)]
+        if cfg_expression != 1.0 or cfg_audio != 1.0:
+            rows.append((True, False))
+        if cfg_audio != 1.0:
+            rows.append((False, False))
+        return rows
+
+    def forwards_per_frame(self, steps: int, cfg_audio: float, cfg_expression: float) -> int:
+        """UNet forwards (batch rows) per generated frame: steps × guidance rows."""
+        return steps * len(self.guidance_rows(cfg_audio, cfg_expression))
+
     def _guided_prediction(self, x: torch.Tensor, t: torch.Tensor, rows: list[tuple[bool, bool]],
                            inputs: dict[str, object], cfg_audio: float, cfg_expression: float) -> torch.Tensor:
         """One batched UNet call over the guidance rows (`inputs` already repeated per row, with the keep masks),
@@ -318,17 +341,16 @@ class EmoDiffPipeline:
         diffusion = GaussianDiffusion.from_config(self.settings["diffusion"])
         seeds = list(seeds) if seeds is not None else [0] * len(videos)
         generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-        rows = [(True, True)]
-        if cfg_expression != 1.0 or cfg_audio != 1.0:
-            rows.append((True, False))
-        if cfg_audio != 1.0:
-            rows.append((False, False))
+        rows = self.guidance_rows(cfg_audio, cfg_expression)
+        precision = autocast(device, self.inference.precision)  # entered around each network call only
+
         def per_row(value: torch.Tensor) -> torch.Tensor:  # one copy of a batch per guidance row
             return value.repeat(len(rows), *[1] * (value.dim() - 1))
 
         n = self.settings["window"]
         identity = torch.stack([v.identity for v in videos]).to(device, dtype)
-        reference_features = self.reference_net(identity)  # once per video, reused for every frame and step
+        with precision:
+            reference_features = self.reference_net(identity)  # once per video, reused for every frame and step
         previous = [identity, identity]  # x^(i-2), x^(i-1): the identity image before the first frame
         lengths = [v.n_frames for v in videos]
         for i in tqdm(range(max(lengths)), desc="sampling frames", unit="frame", disable=not progress):
@@ -359,7 +381,8 @@ class EmoDiffPipeline:
             scheduler.set_timesteps(steps, device=device)  # also resets multistep state between frames
             for t in scheduler.timesteps:
                 model_input = scheduler.scale_model_input(x, t).to(dtype)
-                prediction = self._guided_prediction(model_input, t, rows, inputs, cfg_audio, cfg_expression)
+                with precision:
+                    prediction = self._guided_prediction(model_input, t, rows, inputs, cfg_audio, cfg_expression)
                 x = scheduler.step(scheduler_model_output(scheduler, prediction), t, x, generator=frame_generators).prev_sample
             frames = x.clamp(-1, 1)
             new = torch.zeros_like(identity)
