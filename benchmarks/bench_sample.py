@@ -67,7 +67,8 @@ def precision(pipeline: EmoDiffPipeline) -> contextlib.AbstractContextManager:
     return autocast(pipeline.device, pipeline.inference.precision)
 
 
-def forward_inputs(pipeline: EmoDiffPipeline, video: VideoConditions, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def forward_inputs(pipeline: EmoDiffPipeline, video: VideoConditions,
+                   batch: int = 1) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """x_t, t and the conditions of one conditional denoiser forward over `batch` copies of the first frame."""
     device, n = pipeline.device, pipeline.settings["window"]
     identity = video.identity[None].to(device).repeat(batch, 1, 1, 1)
@@ -78,7 +79,8 @@ def forward_inputs(pipeline: EmoDiffPipeline, video: VideoConditions, batch: int
                   audio=video.audio[window][None].to(device).repeat(batch, 1, 1),
                   expression=video.expression[window][None].to(device).repeat(batch, 1, 1),
                   reference_features=reference_features, emotion=torch.full((batch,), 5, device=device),
-                  intensity=torch.full((batch,), 0.7, device=device), audio_keep=torch.ones(batch, dtype=torch.bool, device=device),
+                  intensity=torch.full((batch,), 0.7, device=device),
+                  audio_keep=torch.ones(batch, dtype=torch.bool, device=device),
                   expression_keep=torch.ones(batch, dtype=torch.bool, device=device))
     return torch.randn_like(identity), torch.tensor(500, device=device), inputs
 

@@ -87,7 +87,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     peak = peak_tflops(device, args.peak_tflops)
-    print(f"device {device_name(device)}, {args.precision} autocast, torch threads {torch.get_num_threads()}, "
+    steps_in = "fp32 (no autocast)" if args.precision == "fp32" else f"{args.precision} autocast"
+    print(f"device {device_name(device)}, steps in {steps_in}, torch threads {torch.get_num_threads()}, "
           f"peak {'n/a' if peak is None else f'{peak:g} TFLOP/s'}")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,6 +12,7 @@ import torch
 
 from emodiff.cli import main as cli_main
 from emodiff.control import parse_intensity
+from emodiff.data.datasets import window_indices
 from emodiff.data.synthetic import trained_world, unseen_identities
 from emodiff.demo import bundled_checkpoint, demo_world, load_demo_pipeline
 from emodiff.errors import EmodiffError
@@ -123,3 +124,25 @@ def test_forwards_per_frame_counts_the_rows_sampling_runs(cfg_audio, cfg_express
     per_frame = pipeline.forwards_per_frame(3, cfg_audio, cfg_expression)
     assert per_frame == 3 * rows
     assert sum(batch_rows) == per_frame * (3 + 2)
+
+
+def test_sampling_flops_are_forwards_per_frame_unet_forwards_plus_one_reference_net_forward():
+    """The accounting of benchmarks/bench_sample.py: a video of T frames costs T × forwards_per_frame one-row UNet
+    forwards and one ReferenceNet forward (FLOPs are linear in the batch rows)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(run) -> int:
+        with FlopCounterMode(display=False) as counter:
+            run()
+        return counter.get_total_flops()
+
+    pipeline, video = tiny_pipeline(), random_video(2, seed=1)
+    window = window_indices(0, 2, video.n_frames)
+    identity = video.identity[None]
+    features = pipeline.reference_net(identity)
+    one_unet = flops(lambda: pipeline.unet(torch.randn_like(identity), torch.tensor(500), identity,
+                                           identity.repeat(1, 2, 1, 1), video.audio[window][None],
+                                           video.expression[window][None], features))
+    one_reference = flops(lambda: pipeline.reference_net(identity))
+    sampled = flops(lambda: collect(pipeline, [video], steps=3, cfg_audio=1.5, cfg_expression=2.0))
+    assert sampled == 2 * pipeline.forwards_per_frame(3, 1.5, 2.0) * one_unet + one_reference
