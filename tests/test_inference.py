@@ -133,13 +133,11 @@ def test_forwards_per_frame_counts_the_rows_sampling_runs(cfg_audio, cfg_express
 
 def test_sampling_flops_are_forwards_per_frame_unet_forwards_plus_one_reference_net_forward():
     """The accounting of benchmarks/bench_sample.py: a video of T frames costs T × forwards_per_frame one-row UNet
-    forwards and one ReferenceNet forward (FLOPs are linear in the batch rows)."""
+    forwards and one ReferenceNet forward (FLOPs are linear in the batch rows), attention included (torch's counter
+    alone gives the CPU attention kernel 0 FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    def flops(run) -> int:
-        with FlopCounterMode(display=False) as counter:
-            run()
-        return counter.get_total_flops()
+    from benchmarks.throughput import count_flops as flops
 
     pipeline, video = tiny_pipeline(), random_video(2, seed=1)
     window = window_indices(0, 2, video.n_frames)
@@ -151,3 +149,6 @@ def test_sampling_flops_are_forwards_per_frame_unet_forwards_plus_one_reference_
     one_reference = flops(lambda: pipeline.reference_net(identity))
     sampled = flops(lambda: collect(pipeline, [video], steps=3, cfg_audio=1.5, cfg_expression=2.0))
     assert sampled == 2 * pipeline.forwards_per_frame(3, 1.5, 2.0) * one_unet + one_reference
+    with FlopCounterMode(display=False) as without_attention:
+        pipeline.reference_net(identity)
+    assert one_reference > without_attention.get_total_flops() > 0
