@@ -1,6 +1,7 @@
 """Run the demo: a held-out synthetic face speaks with a rising intensity and an emotion change.
 
     emodiff demo [--out DIR] [--checkpoint DIR] [--steps N] [--seed S] [--cfg-exp S]
+                 [--precision bf16] [--channels-last] [--compile] [--attention sdpa|xformers]
 
 A face the demo pipeline never saw in training (an identity of the synthetic world, DESIGN §11, rendered
 with the world seed and size recorded in the pipeline folder's `synthetic_world.json`) speaks synthetic
@@ -33,6 +34,7 @@ from emodiff.data.media import VideoWriter
 from emodiff.data.store import write_wav
 from emodiff.data.synthetic import SyntheticWorld, save_render, trained_world, unseen_identities
 from emodiff.errors import EmodiffError
+from emodiff.inference import InferenceOptions, add_inference_arguments
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.sample import to_uint8
 
@@ -58,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-exp", type=float,
                         help="classifier-free guidance scale for the expression (default 2, as in the synthetic report; "
                              "a distilled pipeline has its own baked in)")
+    add_inference_arguments(parser)
 
 
 def load_demo_pipeline(checkpoint: Path) -> EmoDiffPipeline:
@@ -109,7 +112,7 @@ def write_contact_sheet(path: Path, identity: np.ndarray, frames: dict[int, np.n
 
 def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint if args.checkpoint is not None else bundled_checkpoint()
-    pipeline = load_demo_pipeline(checkpoint)
+    pipeline = load_demo_pipeline(checkpoint).accelerate_inference(InferenceOptions.from_args(args))
     fps, resolution = pipeline.settings["fps"], pipeline.settings["resolution"]
     world = demo_world(checkpoint, resolution, fps)
     (identity_index,) = unseen_identities(trained_world(checkpoint) or {}, 1)

@@ -36,6 +36,7 @@ from emodiff.data.store import ClipStore
 from emodiff.diffusion.gaussian import GaussianDiffusion
 from emodiff.diffusion.schedulers import make_scheduler, scheduler_model_output
 from emodiff.errors import EmodiffError
+from emodiff.inference import InferenceOptions, autocast, prepare_modules
 
 # command-line sampler names -> `make_scheduler` names
 SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpmsolver++"}
@@ -130,6 +131,7 @@ class EmoDiffPipeline:
         self.settings = {"diffusion": {key: diffusion[key] for key in ("beta_schedule", "num_train_timesteps")},
                          "resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features,
                          "audio_model": audio_model, "motion_noise": int(motion_noise), "steps": steps}
+        self.inference = InferenceOptions()
 
     # ----------------------------------------------------------------------------------------- storage
     def components(self) -> dict[str, object | None]:
@@ -219,6 +221,13 @@ class EmoDiffPipeline:
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
+
+    def accelerate_inference(self, options: InferenceOptions) -> "EmoDiffPipeline":
+        """Run the networks with `options` from now on (`emodiff.inference`: autocast precision, channels_last,
+        torch.compile of the denoiser, attention backend); call it after `to(device)`."""
+        prepare_modules(self.unet, [m for m in self.modules() if m is not self.unet], self.device, options)
+        self.inference = options
+        return self
 
     # ------------------------------------------------------------------------------------ conditions
     @torch.no_grad()
@@ -344,7 +353,8 @@ class EmoDiffPipeline:
         scheduler.set_timesteps(steps, device=x.device)  # also resets multistep state between frames
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(x, t).to(dtype)
-            out = self.unet(per_row(model_input), t, **inputs).float()
+            with autocast(x.device, self.inference.precision):
+                out = self.unet(per_row(model_input), t, **inputs).float()
             if len(rows) > 1:
                 out = dict(zip(rows, out.chunk(len(rows))))
                 full = out[(True, True)]
@@ -384,7 +394,8 @@ class EmoDiffPipeline:
         self.guidance_rows(cfg_audio, cfg_expression)  # refuse scales a distilled student cannot use before any work
         n = self.settings["window"]
         identity = torch.stack([v.identity for v in videos]).to(device, dtype)
-        reference_features = self.reference_net(identity)  # once per video, reused for every frame and step
+        with autocast(device, self.inference.precision):
+            reference_features = self.reference_net(identity)  # once per video, reused for every frame and step
         previous = [identity, identity]  # x^(i-2), x^(i-1): the identity image before the first frame
         lengths = [v.n_frames for v in videos]
         for i in tqdm(range(max(lengths)), desc="sampling frames", unit="frame", disable=not progress):

@@ -8,7 +8,8 @@ Many videos: emodiff sample --checkpoint DIR --jobs jobs.jsonl   (also under `ac
 
 --emotion takes a name or a timeline ("happy@0,surprised@2", --crossfade seconds); --intensity takes a number, key
 frames in seconds ("0:0.2,1.5:0.9", --interpolation), a per-frame .csv/.npy or `audio` (predicted from the speech;
---scale, --clip, --smooth-frames, --temperature). Each OUT.mp4 (H.264 with the input audio) comes with
+--scale, --clip, --smooth-frames, --temperature). --precision bf16|fp16, --channels-last, --compile and --attention
+run the networks faster on a GPU (`emodiff.inference`). Each OUT.mp4 (H.264 with the input audio) comes with
 OUT.intensity.png (the schedule) and, with --preview, OUT.preview.mp4 (identity | video). A video that fails leaves
 no mp4 behind. A face that a pipeline trained in the synthetic world cannot animate (anything but that world's
 renders, e.g. a photo) gets a one-sentence warning; a render of the world is used as the aligned crop it is.
@@ -34,6 +35,7 @@ from emodiff.data.labels import EMOTIONS
 from emodiff.data.media import VideoWriter, load_audio
 from emodiff.data.synthetic import render_origin, trained_world
 from emodiff.errors import EmodiffError
+from emodiff.inference import InferenceOptions, add_inference_arguments
 from emodiff.models.rrdbnet import RELEASED_WEIGHTS, RRDBNet
 from emodiff.pipeline import SAMPLERS, EmoDiffPipeline, VideoConditions
 
@@ -69,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-exp", type=float, help="classifier-free guidance scale for the expression (default 1, "
                         "none; a distilled pipeline has its scales baked in)")
     parser.add_argument("--seed", type=int, default=0)
+    add_inference_arguments(parser)
     parser.add_argument("--sr", choices=list(SR_SCALES), default="none", help="super-resolution of the output frames")
     parser.add_argument("--sr-weights", default=os.environ.get("EMODIFF_SR_WEIGHTS"),
                         help=f"{RELEASED_WEIGHTS[4]} / {RELEASED_WEIGHTS[2]} (default: $EMODIFF_SR_WEIGHTS)")
@@ -224,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise EmodiffError(f"--batch-size must be at least 1, not {args.batch_size}.")
     state = PartialState()
-    pipeline = load_pipeline(args).to(state.device)
+    pipeline = load_pipeline(args).to(state.device).accelerate_inference(InferenceOptions.from_args(args))
     failures = 0
     with state.split_between_processes(jobs) as my_jobs:
         ready: list[tuple[Job, VideoConditions, np.ndarray]] = []

@@ -4,7 +4,7 @@ Given a finished synthetic run (`emodiff synthetic-run --out RUN`), distils RUN/
 is there), then scores the teacher with `--teacher-steps` DDIM steps and guidance and the student at each of
 `--student-steps` on the same held-out sweep and drift videos as the synthetic report (`synthetic_run.evaluate`,
 each in OUT/teacher_N or OUT/student_N with its samples cached), and writes OUT/report.md: ρ per emotion, EmoAcc@1, mouth r,
-PSNR/SSIM, drift, UNet forwards per frame and sampling time per frame.
+PSNR/SSIM, drift and UNet forwards per frame (`benchmarks/bench_sample.py` and `emodiff demo` give the times).
 
     python scripts/distill_synthetic.py --run runs/synthetic_quick --out docs/distill_report [--set key=value ...]
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,14 +46,7 @@ def score(run: Path, pipeline: Path, folder: Path, steps: int, overrides: list[s
             link.symlink_to(target.resolve())
     config = OmegaConf.merge(OmegaConf.load(run / "synthetic_run.yaml"),
                              OmegaConf.from_dotlist([f"evaluation.steps={steps}", *overrides]))
-    sampled = not (folder / "samples.npz").is_file()
-    started = time.perf_counter()
-    metrics = evaluate(config, folder)
-    if sampled:  # the time of an evaluation that sampled its videos (a cached one only scores)
-        counts = metrics["counts"]
-        frames = counts["videos"] * counts["frames_per_video"] + metrics["drift"]["videos"] * metrics["drift"]["frames"]
-        (folder / "timing.json").write_text(json.dumps({"seconds": time.perf_counter() - started, "frames": frames}))
-    return metrics
+    return evaluate(config, folder)
 
 
 def write_report(out: Path, rows: dict[str, dict], budget: str) -> None:
@@ -66,13 +58,12 @@ def write_report(out: Path, rows: dict[str, dict], budget: str) -> None:
              "`docs/synthetic_report/report.md`; the student has the teacher's guidance (audio "
              f"{ref['counts']['cfg_audio']:g}, expression {ref['counts']['cfg_expression']:g}) baked in. "
              "Goal: the 4-step student within 5 % of the teacher on every quality number with ≥ 12× fewer forwards.", "",
-             "| sampler | forwards / frame | " + " | ".join(c for c, _ in QUALITY) + " | drift (dB) | s / frame (CPU) |",
-             "|---|---|" + "---|" * len(QUALITY) + "---|---|"]
+             "| sampler | forwards / frame | " + " | ".join(c for c, _ in QUALITY) + " | drift (dB) |",
+             "|---|---|" + "---|" * len(QUALITY) + "---|"]
     for name, m in rows.items():
-        timing = json.loads((out / name / "timing.json").read_text())
         cells = [f"{lookup(m, p):.3f}" for _, p in QUALITY]
         lines.append(f"| {name.replace('_', ', ')} steps | {m['counts']['forwards_per_frame']} | " + " | ".join(cells) +
-                     f" | {m['drift']['drift_db']:.2f} | {timing['seconds'] / timing['frames']:.3f} |")
+                     f" | {m['drift']['drift_db']:.2f} |")
     lines += ["", "Relative to the teacher (student ÷ teacher − 1; PSNR as the dB difference):", "",
               "| sampler | " + " | ".join(c for c, _ in QUALITY) + " | forward reduction |", "|---|" + "---|" * (len(QUALITY) + 1)]
     for name, m in rows.items():

@@ -9,6 +9,7 @@ The building blocks here are shared with `emodiff.models.reference_net.Reference
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Sequence
 
 import torch
@@ -29,6 +30,15 @@ def zero_init(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+def check_attention_backend(backend: str) -> None:
+    """Refuse, in one sentence, an unknown backend or xformers when it is not installed."""
+    if backend not in ATTENTION_BACKENDS:
+        raise EmodiffError(f"unknown attention_backend {backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
+    if backend == "xformers" and importlib.util.find_spec("xformers") is None:
+        raise EmodiffError("The xformers attention backend needs the xformers package, which is not installed "
+                           "(pip install emodiff[xformers]); use sdpa, PyTorch's fused attention.")
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
@@ -158,8 +168,7 @@ class UNetTrunk(nn.Module):
                  reference_levels: Sequence[int], num_heads: int, groups: int, dropout: float = 0.0,
                  attention_backend: str = "sdpa", embedding_dims: Sequence[int] = ()):
         super().__init__()
-        if attention_backend not in ATTENTION_BACKENDS:
-            raise EmodiffError(f"unknown attention_backend {attention_backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
+        check_attention_backend(attention_backend)
         bad = [lv for lv in reference_levels if not 0 <= lv < len(channel_mult)]
         if bad:
             raise EmodiffError(f"reference_levels must name levels 0..{len(channel_mult) - 1}, got {list(reference_levels)}")
