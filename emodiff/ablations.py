@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
 
 from emodiff.assemble import assemble
 from emodiff.control.intensity import IntensityMeasure
@@ -187,14 +188,8 @@ def evaluate_denoiser(ctx: Context, folder: Path, budget: Budget) -> dict:
     truth["psnr"], truth["ssim"] = float("inf"), 1.0
     truth["cpbd"] = float(np.mean([video_cpbd(v.truth) for v in videos]))
     n_params = sum(p.numel() for name in ("unet", "reference_net")
-                   for p in _load_params(folder / name).values())
+                   for p in load_file(folder / name / "diffusion_pytorch_model.safetensors").values())
     return {"generated": generated, "truth": truth, "videos": len(videos), "parameters": n_params}
-
-
-def _load_params(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(folder / "diffusion_pytorch_model.safetensors")
 
 
 # ----------------------------------------------------------------------------------------- table 4 (the GAN)
