@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "assemble": "emodiff.assemble",
     "demo": "emodiff.demo",
     "synthetic-run": "emodiff.synthetic_run",
+    "ablate": "emodiff.ablations",
 }
 TRAIN_STAGES: dict[str, str] = {
     "denoiser": "emodiff.train.denoiser",

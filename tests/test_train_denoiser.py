@@ -96,10 +96,17 @@ def sampled_psnr(unet: DenoisingUNet, reference_net: ReferenceNet, store: Path) 
     return psnr(frames, batch["target"])
 
 
-def test_denoiser_learns_the_disc_world(store, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory) -> Path:
+    """The tiny denoiser trained 300 steps on the disc world."""
+    out = tmp_path_factory.mktemp("disc_run") / "run"
     assert train_cli(store, out, 300, "train.log_every=1", "train.checkpoint_every=300",
                      "train.validate_every=300") == 0
+    return out
+
+
+def test_denoiser_learns_the_disc_world(store, trained):
+    out = trained
     simple = [entry["loss/simple"] for entry in read_log(out)]
     early, late = np.mean(simple[:20]), np.mean(simple[-50:])
     trained = sampled_psnr(DenoisingUNet.from_pretrained(out / "unet"),
@@ -113,6 +120,46 @@ def test_denoiser_learns_the_disc_world(store, tmp_path):
     assert trained > untrained + 4.0
     assert (out / "validation" / "step_00000300.png").is_file()
     assert (out / "logs").is_dir() and any((out / "logs").rglob("events.out.tfevents*"))
+
+
+def disc_height(frames: torch.Tensor, background: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    """Row of the disc's centre in frames (B,3,H,W): the centroid of the pixels farther than half the disc's
+    `contrast` (B,) from the background colour (B,3); the middle row when there are none."""
+    disc = ((frames - background[:, :, None, None]).norm(dim=1) > contrast[:, None, None] / 2).to(frames.dtype)
+    rows = torch.arange(frames.shape[-2], dtype=frames.dtype)[None, :, None]
+    middle = (frames.shape[-2] - 1) / 2
+    return torch.where(disc.sum((1, 2)) > 0, (disc * rows).sum((1, 2)) / disc.sum((1, 2)).clamp(min=1), middle)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured: the tiny denoiser does not yet beat copying x^(i-1) in the disc world: disc-centre error of the "
+    "sampled frames 2.8 px after 300 steps (PSNR 11.4 dB) and 2.5 px after 800 (14.2 dB), the copy 1.7 px (16.9 dB), "
+    "over all frames; strict, so the mark must go once it passes"))
+@torch.no_grad()
+def test_denoiser_beats_copying_the_previous_frame(store, trained):
+    """The disc moves between x^(i−1) and x^(i) as the audio says; given the true previous frames, the sampled frame
+    must put the disc where the audio says, much closer than x^(i−1) has it. A model that copies x^(i−1) scores
+    exactly the copy baseline and fails; so does one that ignores the audio."""
+    dataset = FrameDataset(store, resolution=SIZE)
+    items = [dataset[i] for i in range(2, len(dataset))]
+    batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+    previous = batch["motion"][:, 3:]  # frames i−2 ⊕ i−1
+    background = batch["target"][:, :, 0, 0]  # the disc never reaches the corners
+    contrast = (batch["target"] - background[:, :, None, None]).norm(dim=1).amax((1, 2))
+    truth = disc_height(batch["target"], background, contrast)
+    copy_error = (disc_height(previous, background, contrast) - truth).abs()
+    moving = copy_error > 1.0  # frames where the disc moved by more than a pixel
+    unet = DenoisingUNet.from_pretrained(trained / "unet").eval()
+    reference_net = ReferenceNet.from_pretrained(trained / "reference_net").eval()
+    frames = denoise_frames(unet, make_scheduler("ddim", {"num_train_timesteps": 1000, "beta_schedule": "linear"}),
+                            batch["identity"], batch["motion"], batch["audio"], batch["expression"],
+                            reference_net(batch["identity"]), num_inference_steps=20,
+                            generator=torch.Generator().manual_seed(0))
+    error = (disc_height(frames, background, contrast) - truth).abs()
+    print(f"\n{int(moving.sum())} moving frames: disc-centre error sampled {error[moving].mean():.2f} px, "
+          f"copy x^(i-1) {copy_error[moving].mean():.2f} px")
+    assert moving.sum() >= 10
+    assert error[moving].mean() < 0.5 * copy_error[moving].mean()
 
 
 def test_resume_after_sigkill_gives_identical_weights(store, tmp_path, capsys):
