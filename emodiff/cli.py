@@ -38,6 +38,7 @@ TRAIN_STAGES: dict[str, str] = {
     "intensity": "emodiff.train.intensity",
     "emotion-classifier": "emodiff.train.emotion_classifier",
     "readout": "emodiff.train.readout",
+    "super-resolution": "emodiff.train.super_resolution",
 }
 
 

@@ -33,6 +33,7 @@ from emodiff.data.media import VideoWriter
 from emodiff.data.store import write_wav
 from emodiff.data.synthetic import SyntheticWorld, save_render, trained_world, unseen_identities
 from emodiff.errors import EmodiffError
+from emodiff.metrics.super_resolution import describe, recorded
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.sample import to_uint8
 
@@ -119,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
              "sheet": args.out / "contact_sheet.png", "identity": args.out / "identity.png",
              "speech": args.out / "speech.wav"}
     picks, frames = sheet_frames(n_frames), {}
-    with VideoWriter(paths["video"], fps, audio=audio) as writer:
+    with VideoWriter(paths["video"], fps, audio=audio,
+                     comment=describe(pipeline.super_resolution, resolution)) as writer:
         for i, batch in pipeline.sample([video], steps=args.steps, cfg_expression=args.cfg_exp, seeds=[args.seed]):
             frame = enlarge(to_uint8(batch[0]))
             writer.write(frame)
@@ -133,5 +135,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo: identity syn{identity_index:03d} of synthetic world seed {world.seed} (not seen in training), "
           f"emotion {EMOTION}, intensity {INTENSITY}")
     for name, path in paths.items():
-        print(f"wrote {path}" + (f" ({n_frames} frames at {fps:g} fps, with its speech)" if name == "video" else ""))
+        print(f"wrote {path}" + (f" ({n_frames} frames at {fps:g} fps, with its speech; super-resolution "
+                                 f"{recorded(describe(pipeline.super_resolution, resolution))})"
+                                 if name == "video" else ""))
     return 0
