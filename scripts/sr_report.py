@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -25,13 +26,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from emodiff.data.labels import EMOTIONS
-from emodiff.data.store import write_json_atomic
-from emodiff.data.synthetic import MOUTH_OPEN, SyntheticWorld
-from emodiff.metrics.quality import psnr, ssim
-from emodiff.metrics.super_resolution import bicubic, flicker, load_upscaler, upscale_frames
-from emodiff.models.readout import ExpressionReadout
-from emodiff.synthetic_run import _video_cache, held_out_speech, score
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's emodiff, not an installed one
+
+from emodiff.data.labels import EMOTIONS  # noqa: E402
+from emodiff.data.store import write_json_atomic  # noqa: E402
+from emodiff.data.synthetic import MOUTH_OPEN, SyntheticWorld  # noqa: E402
+from emodiff.metrics.quality import psnr, ssim  # noqa: E402
+from emodiff.metrics.super_resolution import bicubic, flicker, load_upscaler, upscale_frames  # noqa: E402
+from emodiff.models.readout import ExpressionReadout  # noqa: E402
+from emodiff.synthetic_run import _video_cache, held_out_speech, score  # noqa: E402
 
 GOAL_DELTA, GOAL_GAIN_DB = 0.02, 2.0
 SHEET_VIDEOS = 4
