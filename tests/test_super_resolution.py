@@ -129,13 +129,15 @@ def test_evaluate_reports_super_resolution_and_scores_runs_with_and_without_it(s
         with VideoWriter(folder / "talk.mp4", 25, audio=audio, comment=comment) as writer:
             for frame in world.render(world.identity(3), expression):
                 writer.write(frame)
+    (low / "broken.mp4").write_bytes(b"not a video")  # left out of both runs, with its reason
     out = tmp_path / "report"
     assert main(["evaluate", "--reference", str(ref), "--run", f"low={low}", "--aligned", "--landmarks", "none",
                  "--expression", "none", "--size", "64", "--out", str(out),
                  "--super-resolution", str(sr_pipeline["with_sr"])]) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["settings"]["super-resolution"] == "low: none (16 px); low+sr: x4 (16 → 64 px)"
+    assert report["settings"]["super-resolution"] == "low: none (16 px), not recorded; low+sr: x4 (16 → 64 px)"
     assert {"low", "low+sr"} <= set(report["metrics"]) and "psnr" in report["metrics"]["low+sr"]
+    assert "Cannot read" in report["left_out"]["low/broken"]
     upscaled = np.stack(list(read_video(out / "super_resolved" / "low" / "talk.mp4")))
     assert upscaled.shape == (30, 64, 64, 3)
     assert "super-resolution: low: none (16 px)" in (out / "metrics.md").read_text()

@@ -665,18 +665,31 @@ def _load_saved_model(cls: type, folder: str) -> torch.nn.Module:
 
 def run_super_resolution(paths: dict[str, Path]) -> str:
     """The super-resolution a run's videos record (`emodiff.metrics.super_resolution.describe`), "not recorded"
-    for videos that do not say."""
+    for videos that do not say (or cannot be read: they are left out with their reason later)."""
     from emodiff.data.media import probe
 
-    return ", ".join(sorted({recorded(probe(path).comment) or "not recorded" for path in paths.values()}))
+    def of(path: Path) -> str:
+        try:
+            return recorded(probe(path).comment) or "not recorded"
+        except EmodiffError:
+            return "not recorded"
+
+    return ", ".join(sorted({of(path) for path in paths.values()}))
 
 
 def super_resolved_runs(run_paths: dict[str, dict[str, Path]], model: torch.nn.Module,
                         out_dir: Path) -> dict[str, dict[str, Path]]:
-    """Every run's videos upscaled by `model` into out_dir/<run>/, as the runs `<run>+sr`."""
-    return {f"{run}+sr": {name: upscale_video(path, out_dir / run / f"{name}.mp4", model)
-                          for name, path in tqdm(paths.items(), desc=f"super-resolve {run}")}
-            for run, paths in run_paths.items()}
+    """Every run's videos upscaled by `model` into out_dir/<run>/, as the runs `<run>+sr` (a video that cannot be
+    read is left out of its `+sr` run; the run itself reports why)."""
+    upscaled: dict[str, dict[str, Path]] = {}
+    for run, paths in run_paths.items():
+        upscaled[f"{run}+sr"] = {}
+        for name, path in tqdm(paths.items(), desc=f"super-resolve {run}"):
+            try:
+                upscaled[f"{run}+sr"][name] = upscale_video(path, out_dir / run / f"{name}.mp4", model)
+            except EmodiffError:
+                continue
+    return upscaled
 
 
 def parse_runs(specs: list[str]) -> dict[str, Path]:
