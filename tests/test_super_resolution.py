@@ -37,12 +37,12 @@ def test_training_on_world_renders_beats_bicubic(tmp_path):
     assert model.config.residual and model.config.scale == 2
 
 
-@pytest.mark.parametrize("source", ["world", "store"])
-def test_training_resumes_exactly(tmp_path, source):
+@pytest.mark.parametrize("source,gan_weight", [("world", 0.0), ("store", 0.0), ("world", 0.1)])
+def test_training_resumes_exactly(tmp_path, source, gan_weight):
     """A run resumed from its step-3 checkpoint ends with the weights of the unbroken run (batches, crops and
-    degradations are functions of the step), for rendered pairs and for a store's frames."""
+    degradations are functions of the step), for rendered pairs, for a store's frames and with the GAN loss."""
     args = ["train", "super-resolution", "--max-steps", "6", "--set", *TINY, "data.crop=16",
-            "train.checkpoint_every=3", "train.keep_checkpoints=3"]
+            "train.checkpoint_every=3", "train.keep_checkpoints=3", f"train.gan_weight={gan_weight}"]
     if source == "store":
         args += ["--store", str(write_random_store(tmp_path / "store", n_clips=2, n_frames=10, size=32).root)]
     assert main([*args, "--output-dir", str(tmp_path / "straight")]) == 0

@@ -167,6 +167,7 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
         optimizer_step(accelerator, optimizer, loss, list(model.parameters()), tc.max_grad_norm, step)
         schedule.step()
         if critic is not None:
+            critic_optimizer.zero_grad(set_to_none=True)  # drop what the generator's adversarial loss left in D
             losses["loss/critic"] = (F.softplus(-critic(truth)).mean() + F.softplus(critic(upscaled.detach())).mean())
             check_finite(accelerator, {"critic loss": losses["loss/critic"]}, step)
             optimizer_step(accelerator, critic_optimizer, losses["loss/critic"], list(critic.parameters()),
