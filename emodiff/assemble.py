@@ -1,9 +1,10 @@
 """Build a sampling pipeline folder from training runs, for `emodiff sample --checkpoint DIR`.
 
-    emodiff assemble --denoiser RUN --store STORE [--expression RUN] [--intensity RUN] --out DIR
+    emodiff assemble --denoiser RUN --store STORE [--expression RUN] [--intensity RUN] [--super-resolution RUN] --out DIR
 
 RUN folders are those of `emodiff train denoiser` (unet/, reference_net/, config.yaml), `emodiff train
-expression` (generator/) and `emodiff train intensity` (model/). The store the denoiser was trained on gives
+expression` (generator/), `emodiff train intensity` (model/) and `emodiff train super-resolution`
+(super_resolution/, applied to every sampled frame). The store the denoiser was trained on gives
 the neutral and per-emotion target expressions (e_n, e_y of eq. 14–15), the fps and the audio feature kind.
 Without --expression the pipeline interpolates between those stored targets; without --intensity it has no
 `--intensity audio`. A synthetic store's world description (stats/synthetic_world.json) is copied along, so
@@ -25,6 +26,7 @@ from emodiff.data.synthetic import WORLD_FILE
 from emodiff.errors import EmodiffError
 from emodiff.models.expression_gan import ExpressionGenerator
 from emodiff.models.intensity_vae import IntensityVAE
+from emodiff.models.rrdbnet import RRDBNet
 from emodiff.pipeline import EmoDiffPipeline
 
 
@@ -40,14 +42,17 @@ def _load_run_model(run: Path, subfolder: str, model_cls: type[ModelMixin], comm
 
 
 def assemble(denoiser: Path, store: ClipStore | Path, out: Path, expression: Path | None = None,
-             intensity: Path | None = None) -> EmoDiffPipeline:
-    """`EmoDiffPipeline.from_training` with the optional generator and intensity runs, saved atomically to `out`."""
+             intensity: Path | None = None, super_resolution: Path | None = None) -> EmoDiffPipeline:
+    """`EmoDiffPipeline.from_training` with the optional generator, intensity and super-resolution runs, saved
+    atomically to `out`."""
     store = store if isinstance(store, ClipStore) else ClipStore.open(store)
     if not store.clip_ids():
         raise EmodiffError(f"The store {store.root} has no clips to take the expression targets from.")
     generator = _load_run_model(expression, "generator", ExpressionGenerator, "expression") if expression else None
     predictor = _load_run_model(intensity, "model", IntensityVAE, "intensity") if intensity else None
     pipeline = EmoDiffPipeline.from_training(denoiser, store, generator, predictor)
+    if super_resolution:
+        pipeline.super_resolution = _load_run_model(super_resolution, "super_resolution", RRDBNet, "super-resolution")
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -68,11 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, required=True, help="the clip store the denoiser was trained on")
     parser.add_argument("--expression", type=Path, help="`emodiff train expression` run folder (expression generator)")
     parser.add_argument("--intensity", type=Path, help="`emodiff train intensity` run folder (audio → intensity)")
+    parser.add_argument("--super-resolution", type=Path,
+                        help="`emodiff train super-resolution` run folder (upscales every sampled frame)")
     parser.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
 
 
 def run(args: argparse.Namespace) -> int:
-    pipeline = assemble(args.denoiser, args.store, args.out, args.expression, args.intensity)
+    pipeline = assemble(args.denoiser, args.store, args.out, args.expression, args.intensity, args.super_resolution)
     present = [name for name, component in pipeline.components().items() if component is not None]
     print(f"pipeline with {', '.join(present)} written to {args.out}")
     reference = pipeline.expression_reference.config

@@ -40,6 +40,7 @@ TRAIN_STAGES: dict[str, str] = {
     "emotion-classifier": "emodiff.train.emotion_classifier",
     "readout": "emodiff.train.readout",
     "distill": "emodiff.train.distill",
+    "super-resolution": "emodiff.train.super_resolution",
 }
 
 

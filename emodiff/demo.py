@@ -35,6 +35,7 @@ from emodiff.data.store import write_wav
 from emodiff.data.synthetic import SyntheticWorld, save_render, trained_world, unseen_identities
 from emodiff.errors import EmodiffError
 from emodiff.inference import InferenceOptions, add_inference_arguments
+from emodiff.metrics.super_resolution import describe, recorded
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.sample import to_uint8
 
@@ -128,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     distilled = pipeline.guidance_baked is not None
     steps = args.steps if args.steps is not None else pipeline.default_steps if distilled else TEACHER_STEPS
     cfg_expression = args.cfg_exp if args.cfg_exp is not None or distilled else TEACHER_CFG_EXPRESSION
-    with VideoWriter(paths["video"], fps, audio=audio) as writer:
+    with VideoWriter(paths["video"], fps, audio=audio,
+                     comment=describe(pipeline.super_resolution, resolution)) as writer:
         for i, batch in pipeline.sample([video], steps=steps, cfg_expression=cfg_expression, seeds=[args.seed]):
             frame = enlarge(to_uint8(batch[0]))
             writer.write(frame)
@@ -142,5 +144,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo: identity syn{identity_index:03d} of synthetic world seed {world.seed} (not seen in training), "
           f"emotion {EMOTION}, intensity {INTENSITY}")
     for name, path in paths.items():
-        print(f"wrote {path}" + (f" ({n_frames} frames at {fps:g} fps, with its speech)" if name == "video" else ""))
+        print(f"wrote {path}" + (f" ({n_frames} frames at {fps:g} fps, with its speech; super-resolution "
+                                 f"{recorded(describe(pipeline.super_resolution, resolution))})"
+                                 if name == "video" else ""))
     return 0

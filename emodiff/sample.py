@@ -36,6 +36,7 @@ from emodiff.data.media import VideoWriter, load_audio
 from emodiff.data.synthetic import render_origin, trained_world
 from emodiff.errors import EmodiffError
 from emodiff.inference import InferenceOptions, add_inference_arguments
+from emodiff.metrics.super_resolution import describe
 from emodiff.models.rrdbnet import RELEASED_WEIGHTS, RRDBNet
 from emodiff.pipeline import SAMPLERS, EmoDiffPipeline, VideoConditions
 
@@ -72,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "none; a distilled pipeline has its scales baked in)")
     parser.add_argument("--seed", type=int, default=0)
     add_inference_arguments(parser)
-    parser.add_argument("--sr", choices=list(SR_SCALES), default="none", help="super-resolution of the output frames")
+    parser.add_argument("--sr", choices=list(SR_SCALES), default="none", help="super-resolution of the output frames: the pipeline's own super_resolution "
+                        "of that scale (`emodiff assemble --super-resolution`), else --sr-weights; recorded in the mp4")
     parser.add_argument("--sr-weights", default=os.environ.get("EMODIFF_SR_WEIGHTS"),
                         help=f"{RELEASED_WEIGHTS[4]} / {RELEASED_WEIGHTS[2]} (default: $EMODIFF_SR_WEIGHTS)")
     parser.add_argument("--preview", action="store_true", help="also write OUT.preview.mp4: identity | video")
@@ -180,7 +182,8 @@ def sample_batch(pipeline: EmoDiffPipeline, jobs: list[Job], videos: list[VideoC
     writers, previews = [], []
     for stack, job, audio in zip(stacks, jobs, audios):
         paths = output_paths(job.out)
-        writers.append(stack.enter_context(VideoWriter(paths["video"], fps, audio=audio)))
+        writers.append(stack.enter_context(VideoWriter(paths["video"], fps, audio=audio, comment=describe(
+            pipeline.super_resolution, pipeline.settings["resolution"]))))
         previews.append(stack.enter_context(VideoWriter(paths["preview"], fps, audio=audio)) if args.preview else None)
     open_stacks = set(range(len(jobs)))
     identities: dict[int, torch.Tensor] = {}  # identity crops at the output size, for the previews

@@ -49,22 +49,38 @@ def score(run: Path, pipeline: Path, folder: Path, steps: int, overrides: list[s
     return evaluate(config, folder)
 
 
-def write_report(out: Path, rows: dict[str, dict], budget: str) -> None:
-    """OUT/report.md from the metrics of each evaluation folder (the first row is the teacher)."""
+def label(name: str) -> str:
+    """"student_1" → "student, 1 step"."""
+    kind, steps = name.split("_")
+    return f"{kind}, {steps} step{'' if steps == '1' else 's'}"
+
+
+def k1_strength(metrics: dict) -> float:
+    """Mean over emotions of the readout's projection on the emotion direction at k = 1 (how strong k = 1 looks)."""
+    per = metrics["generated"]["per_emotion"]
+    return sum(e["projection_by_k"][-1] for e in per.values()) / len(per)
+
+
+def write_report(out: Path, rows: dict[str, dict], validation: dict, command: str) -> None:
+    """OUT/report.md from the metrics of each evaluation folder (the first row is the teacher) and the student's
+    validation.json."""
     teacher = next(iter(rows))
     ref = rows[teacher]
     lines = ["# Distilled student vs teacher in the synthetic world", "",
-             f"Produced by `python scripts/distill_synthetic.py` ({budget}). Same held-out sweep as "
+             f"Produced by `{command}`. Same held-out sweep as "
              "`docs/synthetic_report/report.md`; the student has the teacher's guidance (audio "
              f"{ref['counts']['cfg_audio']:g}, expression {ref['counts']['cfg_expression']:g}) baked in. "
              "Goal: the 4-step student within 5 % of the teacher on every quality number with ≥ 12× fewer forwards.", "",
-             "| sampler | forwards / frame | " + " | ".join(c for c, _ in QUALITY) + " | drift (dB) |",
-             "|---|---|" + "---|" * len(QUALITY) + "---|"]
+             "| sampler | forwards / frame | " + " | ".join(c for c, _ in QUALITY) + " | drift (dB) | k = 1 strength |",
+             "|---|---|" + "---|" * len(QUALITY) + "---|---|"]
     for name, m in rows.items():
         cells = [f"{lookup(m, p):.3f}" for _, p in QUALITY]
-        lines.append(f"| {name.replace('_', ', ')} steps | {m['counts']['forwards_per_frame']} | " + " | ".join(cells) +
-                     f" | {m['drift']['drift_db']:.2f} |")
-    lines += ["", "Relative to the teacher (student ÷ teacher − 1; PSNR as the dB difference):", "",
+        lines.append(f"| {label(name)} | {m['counts']['forwards_per_frame']} | " + " | ".join(cells) +
+                     f" | {m['drift']['drift_db']:.2f} | {k1_strength(m):.3f} |")
+    lines += ["", "k = 1 strength: the readout's projection on each emotion's direction at k = 1, averaged over the "
+              "emotions (the true renders: "
+              f"{sum(e['projection_by_k'][-1] for e in ref['truth']['per_emotion'].values()) / len(ref['truth']['per_emotion']):.3f}).",
+              "", "Relative to the teacher (student ÷ teacher − 1; PSNR as the dB difference):", "",
               "| sampler | " + " | ".join(c for c, _ in QUALITY) + " | forward reduction |", "|---|" + "---|" * (len(QUALITY) + 1)]
     for name, m in rows.items():
         if name == teacher:
@@ -73,14 +89,21 @@ def write_report(out: Path, rows: dict[str, dict], budget: str) -> None:
         for column, path in QUALITY:
             a, b = lookup(m, path), lookup(ref, path)
             cells.append(f"{a - b:+.2f} dB" if "PSNR" in column else f"{(a / b - 1) * 100:+.1f} %")
-        lines.append(f"| {name.replace('_', ', ')} steps | " + " | ".join(cells) +
+        lines.append(f"| {label(name)} | " + " | ".join(cells) +
                      f" | ×{ref['counts']['forwards_per_frame'] / m['counts']['forwards_per_frame']:.1f} |")
     lines += ["", "Spearman ρ(k, readout · d) per emotion:", "", "| sampler | " + " | ".join(
         e for e in EMOTIONS if e in ref["generated"]["per_emotion"]) + " |",
               "|---|" + "---|" * len(ref["generated"]["per_emotion"])]
     for name, m in rows.items():
         per = m["generated"]["per_emotion"]
-        lines.append(f"| {name.replace('_', ', ')} steps | " + " | ".join(f"{per[e]['spearman']:.3f}" for e in EMOTIONS if e in per) + " |")
+        lines.append(f"| {label(name)} | " + " | ".join(f"{per[e]['spearman']:.3f}" for e in EMOTIONS if e in per) + " |")
+    if validation:
+        steps = sorted(validation["student_psnr"], key=int)
+        lines += ["", f"How closely each reproduces the teacher's {validation['teacher_steps']}-step guided frames on the "
+                  f"student's {validation['held_out_couplings']} held-out couplings (PSNR in dB, `validation.json`):", "",
+                  "| steps | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps),
+                  "| student | " + " | ".join(f"{validation['student_psnr'][k]:.2f}" for k in steps) + " |",
+                  "| teacher | " + " | ".join(f"{validation['teacher_psnr'][k]:.2f}" for k in steps) + " |"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -104,8 +127,7 @@ def main() -> None:
     for k in args.student_steps:
         rows[f"student_{k}"] = score(args.run, student_dir / "pipeline", args.out / f"student_{k}", k, args.set)
     validation = json.loads((student_dir / "validation.json").read_text()) if args.student_steps else {}
-    write_report(args.out, rows, f"student from `emodiff train distill` in {student_dir}, "
-                 f"{validation.get('held_out_couplings', 0)} held-out couplings in its validation.json")
+    write_report(args.out, rows, validation, " ".join(["python", *sys.argv]))
     print(f"report written to {args.out / 'report.md'}")
 
 

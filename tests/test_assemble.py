@@ -13,6 +13,7 @@ from emodiff import assemble
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.synthetic import make_store
 from emodiff.errors import EmodiffError
+from emodiff.models.rrdbnet import RRDBNet
 from emodiff.pipeline import EmoDiffPipeline, VideoConditions
 from emodiff.train import denoiser, expression_gan, intensity
 from emodiff.train.common import CONFIG_DIR, load_config
@@ -46,12 +47,14 @@ def _args(**kwargs) -> argparse.Namespace:
 def test_assembled_folder_loads_with_every_run_and_samples(runs):
     root, store = runs
     out = root / "pipeline"
+    RRDBNet(scale=2, num_feat=4, num_block=1, num_grow_ch=4, residual=True).save_pretrained(root / "sr" / "super_resolution")
     assert assemble.run(_args(denoiser=root / "denoiser", store=store.root, expression=root / "expression",
-                              intensity=root / "intensity", out=out)) == 0
+                              intensity=root / "intensity", **{"super-resolution": root / "sr"}, out=out)) == 0
     pipeline = EmoDiffPipeline.from_pretrained(out)
     # the synthetic world travels with the pipeline, so `emodiff demo --checkpoint` renders the same world
     assert (out / "synthetic_world.json").read_text() == (store.stats_dir / "synthetic_world.json").read_text()
     assert pipeline.expression_generator is not None and pipeline.intensity_predictor is not None
+    assert pipeline.super_resolution.config.scale == 2
     assert pipeline.settings["resolution"] == 16 and pipeline.settings["fps"] == 25
     # e_y of the stored targets: the mean expression of the strongest clips
     angry = [store.clip(i) for i in store.clip_ids() if "_angry_" in i]
@@ -66,7 +69,7 @@ def test_assembled_folder_loads_with_every_run_and_samples(runs):
                             expression=torch.as_tensor(pipeline.expression_sequence(weights, k), dtype=torch.float32),
                             intensity=torch.as_tensor(k, dtype=torch.float32), emotion_weights=torch.as_tensor(weights))
     frames = [f[0] for _, f in pipeline.sample([video], steps=2, progress=False)]
-    assert len(frames) == n and frames[0].shape == (3, 16, 16) and torch.isfinite(torch.stack(frames)).all()
+    assert len(frames) == n and frames[0].shape == (3, 32, 32) and torch.isfinite(torch.stack(frames)).all()
 
 
 def test_without_optional_runs_and_bad_runs_are_one_sentence(runs):
@@ -87,7 +90,8 @@ def test_without_optional_runs_and_bad_runs_are_one_sentence(runs):
 def test_bundled_demo_checkpoint_loads_complete():
     demo = EmoDiffPipeline.from_pretrained(Path(assemble.__file__).parent / "assets" / "demo")
     assert demo.settings["resolution"] == 32 and demo.settings["audio_features"] == "mel"
-    assert all(component is not None for name, component in demo.components().items() if name != "super_resolution")
+    assert all(component is not None for component in demo.components().values())
+    assert demo.super_resolution.config.scale == 4  # the demo writes 128 px
 
 
 def test_store_without_neutral_clips_assembles_from_its_calmest_frames(runs, tmp_path, capsys):

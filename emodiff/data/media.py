@@ -42,6 +42,7 @@ class MediaInfo:
     width: int | None
     height: int | None
     has_audio: bool
+    comment: str | None = None  # the container's comment tag (emodiff sample records its super-resolution there)
 
     @property
     def has_video(self) -> bool:
@@ -82,7 +83,7 @@ def probe(path: str | Path) -> MediaInfo:
         if video is None:
             if duration is None:
                 raise EmodiffError(f"Cannot read {path}: its duration is not recorded in the file.")
-            return MediaInfo(Path(path), duration, None, None, None, True)
+            return MediaInfo(Path(path), duration, None, None, None, True, container.metadata.get("comment"))
         frames = _timed_frames(path, container, video)
         _, first = next(frames, (None, None))
         if first is None:
@@ -91,7 +92,8 @@ def probe(path: str | Path) -> MediaInfo:
         if duration is None:
             last = max((time for time, _ in frames), default=Fraction(0))
             duration = float(last + _frame_interval(video))
-        return MediaInfo(Path(path), duration, float(1 / _frame_interval(video)), width, height, audio is not None)
+        return MediaInfo(Path(path), duration, float(1 / _frame_interval(video)), width, height, audio is not None,
+                         container.metadata.get("comment"))
 
 
 def _frame_interval(stream: av.video.stream.VideoStream) -> Fraction:
@@ -190,11 +192,12 @@ class VideoWriter:
     block ends without an exception; on an exception it is deleted and `path` is left untouched.
     yuv420p needs even sizes: an odd width or height is padded by repeating the last column/row.
     The audio (an array at `sample_rate`, or any file `load_audio` reads) is cut at the end of the
-    video, like ffmpeg's `-shortest`, and interleaved with the frames as they are written.
+    video, like ffmpeg's `-shortest`, and interleaved with the frames as they are written. `comment` is written
+    as the container's comment tag (`probe` reads it back).
     """
 
     def __init__(self, path: str | Path, fps: float = 25.0, audio: np.ndarray | str | Path | None = None,
-                 sample_rate: int = SAMPLE_RATE, crf: int = 18):
+                 sample_rate: int = SAMPLE_RATE, crf: int = 18, comment: str | None = None):
         self.path = Path(path)
         self.fps = Fraction(fps).limit_denominator(1001)
         if isinstance(audio, (str, Path)):
@@ -202,6 +205,7 @@ class VideoWriter:
         self.audio = None if audio is None else np.asarray(audio, dtype=np.float32).reshape(-1)
         self.sample_rate = sample_rate
         self.crf = crf
+        self.comment = comment
         self.n_frames = 0
         self.size: tuple[int, int] | None = None
         self._tmp = self.path.with_name(f".{self.path.stem}.tmp-{os.getpid()}.mp4")
@@ -213,6 +217,8 @@ class VideoWriter:
     def __enter__(self) -> "VideoWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(self._tmp), "w", format="mp4", options={"movflags": "+faststart"})
+        if self.comment:
+            self._container.metadata["comment"] = self.comment
         return self
 
     def _add_streams(self, height: int, width: int) -> None:

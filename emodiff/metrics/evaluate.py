@@ -16,6 +16,8 @@ computed; the others are listed as skipped with the reason. A metric that cannot
 (no or silent audio, too short) is n/a for that video with its reason, and a video that cannot be read or
 aligned is left out with its reason; the rest of the report is written. Intensity-L2 reads k back with one
 measure fitted on the reference videos that carry an emotion and an intensity (`fit_intensity_measure`).
+Each run's super-resolution, as `emodiff sample` records it in every mp4, is listed in the settings;
+`--super-resolution SR` also scores every run with its videos upscaled by SR, as the run `<name>+sr`.
 Outputs: metrics.md, metrics.csv, metrics.json, and PNG plots.
 """
 
@@ -45,6 +47,7 @@ from emodiff.metrics import framewise, frechet, landmarks, linearity, quality
 from emodiff.metrics.emotion import EmotionClassifier, emotion_accuracy, frame_logits
 from emodiff.metrics.lpips import LPIPS
 from emodiff.metrics.sync import FPS as SYNC_FPS
+from emodiff.metrics.super_resolution import load_upscaler, recorded, upscale_video
 from emodiff.metrics.sync import SyncNet, SyncScores, sync_scores
 
 REFERENCE_RUN = "reference"
@@ -660,6 +663,35 @@ def _load_saved_model(cls: type, folder: str) -> torch.nn.Module:
     return cls.from_pretrained(folder).eval()
 
 
+def run_super_resolution(paths: dict[str, Path]) -> str:
+    """The super-resolution a run's videos record (`emodiff.metrics.super_resolution.describe`), "not recorded"
+    for videos that do not say (or cannot be read: they are left out with their reason later)."""
+    from emodiff.data.media import probe
+
+    def of(path: Path) -> str:
+        try:
+            return recorded(probe(path).comment) or "not recorded"
+        except EmodiffError:
+            return "not recorded"
+
+    return ", ".join(sorted({of(path) for path in paths.values()}))
+
+
+def super_resolved_runs(run_paths: dict[str, dict[str, Path]], model: torch.nn.Module,
+                        out_dir: Path) -> dict[str, dict[str, Path]]:
+    """Every run's videos upscaled by `model` into out_dir/<run>/, as the runs `<run>+sr` (a video that cannot be
+    read is left out of its `+sr` run; the run itself reports why)."""
+    upscaled: dict[str, dict[str, Path]] = {}
+    for run, paths in run_paths.items():
+        upscaled[f"{run}+sr"] = {}
+        for name, path in tqdm(paths.items(), desc=f"super-resolve {run}"):
+            try:
+                upscaled[f"{run}+sr"][name] = upscale_video(path, out_dir / run / f"{name}.mp4", model)
+            except EmodiffError:
+                continue
+    return upscaled
+
+
 def parse_runs(specs: list[str]) -> dict[str, Path]:
     runs: dict[str, Path] = {}
     for spec in specs:
@@ -697,6 +729,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--i3d", help="TorchScript FVD I3D file (e.g. i3d_torchscript.pt).")
     parser.add_argument("--syncnet", help="Official syncnet_v2.model file, or a folder of a saved emodiff SyncNet.")
     parser.add_argument("--emotion-classifier", help="The model folder of `emodiff train emotion-classifier` (OUTPUT_DIR/model).")
+    parser.add_argument("--super-resolution", metavar="SR",
+                        help="also score every run upscaled by SR (a pipeline folder with super_resolution/, a "
+                             "super_resolution/ folder or a Real-ESRGAN .pth) as the run NAME+sr; the upscaled "
+                             "videos are written to OUT/super_resolved/NAME/")
     parser.add_argument("--face-embedder", help="TorchScript face-embedding network (images in [-1, 1]) for CSIM.")
     from emodiff.metrics.protocol import add_protocol_arguments
 
@@ -719,6 +755,9 @@ def run(args: argparse.Namespace) -> int:
     weights = load_weights(args)
     ref_paths = video_paths(args.reference)
     run_paths = {name: video_paths(folder) for name, folder in runs.items()}
+    if args.super_resolution:
+        run_paths.update(super_resolved_runs(run_paths, load_upscaler(args.super_resolution),
+                                             Path(args.out) / "super_resolved"))
     total = len(ref_paths) + sum(len(p) for p in run_paths.values())
     with tqdm(total=total, desc="read and align videos") as bar:
         left_out: dict[str, str] = {}
@@ -750,6 +789,7 @@ def run(args: argparse.Namespace) -> int:
                 "expression vectors": args.expression + (f" (none for {len(missing)} videos: {', '.join(missing[:5])})"
                                                          if missing else ""),
                 "reference": str(args.reference),
+                "super-resolution": "; ".join(f"{name}: {run_super_resolution(paths)}" for name, paths in run_paths.items()),
                 "videos": {name: len(v) for name, v in {REFERENCE_RUN: reference, **loaded}.items()}}
     report = evaluate_runs(reference, loaded, weights, settings)
     report["left_out"] = left_out

@@ -5,7 +5,9 @@ nearest-neighbour ×2 upsampling twice) and from the key layout of basicsr's che
 released Real-ESRGAN files (`RealESRGAN_x4plus.pth`, `RealESRGAN_x2plus.pth`) load strictly:
 `conv_first`, `body.N.rdb{1,2,3}.conv{1..5}`, `conv_body`, `conv_up1`, `conv_up2`, `conv_hr`, `conv_last`.
 For output scales 2 and 1 the input is pixel-unshuffled (×4 / ×16 channels) so the trunk always
-upsamples by 4. Images are RGB in [0, 1].
+upsamples by 4. Images are RGB in [0, 1]. `residual=True` (not in the released models) adds the bicubic
+upscale of the input to the output (and starts with a zero last convolution), so a small network trained from scratch starts
+as bicubic and only learns the missing detail (the global residual of VDSR, Kim et al. 2016).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class RRDBNet(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, scale: int = 4, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64,
-                 num_block: int = 23, num_grow_ch: int = 32) -> None:
+                 num_block: int = 23, num_grow_ch: int = 32, residual: bool = False) -> None:
         super().__init__()
         if scale not in _UNSHUFFLE:
             raise EmodiffError(f"RRDBNet supports scales 1, 2 and 4, not {scale}.")
@@ -71,6 +73,9 @@ class RRDBNet(ModelMixin, ConfigMixin):
         self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+        if residual:  # an untrained residual model is exactly bicubic
+            nn.init.zeros_(self.conv_last.weight)
+            nn.init.zeros_(self.conv_last.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         factor = _UNSHUFFLE[self.config.scale]
@@ -78,7 +83,10 @@ class RRDBNet(ModelMixin, ConfigMixin):
         feat = feat + self.conv_body(self.body(feat))
         for conv_up in (self.conv_up1, self.conv_up2):
             feat = F.leaky_relu(conv_up(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
-        return self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
+        out = self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
+        if self.config.residual:
+            out = out + F.interpolate(x, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        return out
 
     @torch.no_grad()
     def upscale(self, images: torch.Tensor) -> torch.Tensor:
@@ -120,3 +128,24 @@ class RRDBNet(ModelMixin, ConfigMixin):
         except RuntimeError as err:
             raise EmodiffError(f"{path} does not match the RRDBNet layout: {str(err).splitlines()[0]}") from err
         return model.eval()
+
+
+class PatchDiscriminator(ModelMixin, ConfigMixin):
+    """The optional adversary of `emodiff train super-resolution`: a PatchGAN (Isola et al. 2017) of
+    spectrally normalised strided convolutions (as in Real-ESRGAN's discriminator), one logit per patch.
+    Images are RGB in [0, 1]."""
+
+    @register_to_config
+    def __init__(self, num_feat: int = 32, num_layers: int = 3) -> None:
+        super().__init__()
+        sn = nn.utils.spectral_norm
+        layers: list[nn.Module] = [nn.Conv2d(3, num_feat, 3, 1, 1), nn.LeakyReLU(0.2)]
+        channels = num_feat
+        for _ in range(num_layers):
+            layers += [sn(nn.Conv2d(channels, channels * 2, 4, 2, 1, bias=False)), nn.LeakyReLU(0.2)]
+            channels *= 2
+        layers.append(nn.Conv2d(channels, 1, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images * 2 - 1)

@@ -64,8 +64,9 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         raise EmodiffError(f"Bad config override in {list(overrides)}: {err}.") from None
 
 
-def config_from_args(args: argparse.Namespace) -> DictConfig:
-    """`load_config` of --config and --set, then --store, --output-dir and --max-steps applied."""
+def config_from_args(args: argparse.Namespace, require_store: bool = True) -> DictConfig:
+    """`load_config` of --config and --set, then --store, --output-dir and --max-steps applied; a missing store is
+    an error when `require_store`."""
     config = load_config(args.config, args.set)
     if args.store is not None:
         config.data.store = str(args.store)
@@ -73,7 +74,7 @@ def config_from_args(args: argparse.Namespace) -> DictConfig:
         config.output_dir = str(args.output_dir)
     if args.max_steps is not None:
         config.train.max_steps = args.max_steps
-    if not config.data.get("store"):
+    if require_store and not config.data.get("store"):
         raise EmodiffError("No clip store given; pass --store or set data.store in the config.")
     return config
 

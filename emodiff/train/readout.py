@@ -44,9 +44,10 @@ _IDENTITY_RANGE = 2 ** 31
 
 
 def sample_faces(world: SyntheticWorld, rng: np.random.Generator, n: int, n_identities: int,
-                 expression_spread: float) -> dict[str, np.ndarray]:
+                 expression_spread: float, also: SyntheticWorld | None = None) -> dict[str, np.ndarray]:
     """n rendered faces of `n_identities` random identities: frames (n, S, S, 3) uint8,
-    expression (n, 8), emotion (n,), intensity k (n,) (0 for neutral).
+    expression (n, 8), emotion (n,), intensity k (n,) (0 for neutral); with `also` (the same world at
+    another size) the same faces rendered by it too, as also_frames.
 
     e = k·d_emotion + N(0, σ²) per parameter with σ uniform in [0, spread] per face (from faces on the
     emotion lines to faces well off them), and mouth_open uniform in [0, 1] (closed a quarter of the time)."""
@@ -57,20 +58,29 @@ def sample_faces(world: SyntheticWorld, rng: np.random.Generator, n: int, n_iden
     expression[:, MOUTH_OPEN] = rng.uniform(0.0, 1.0, n) * (rng.uniform(size=n) > 0.25)
     owner = np.sort(rng.integers(0, n_identities, n))
     identities = rng.integers(0, _IDENTITY_RANGE, n_identities)
-    frames = np.concatenate([world.render(world.identity(int(identities[i])), expression[owner == i])
-                             for i in range(n_identities) if np.any(owner == i)])
-    return {"frames": frames, "expression": expression.astype(np.float32), "emotion": emotion,
-            "intensity": k.astype(np.float32)}
+    faces = {"frames": _render_all(world, identities, owner, expression), "expression": expression.astype(np.float32),
+             "emotion": emotion, "intensity": k.astype(np.float32)}
+    if also is not None:
+        faces["also_frames"] = _render_all(also, identities, owner, expression)
+    return faces
+
+
+def _render_all(world: SyntheticWorld, identities: np.ndarray, owner: np.ndarray, expression: np.ndarray) -> np.ndarray:
+    """The faces of `sample_faces`: row j shows identity identities[owner[j]] with expression[j]."""
+    return np.concatenate([world.render(world.identity(int(identities[i])), expression[owner == i])
+                           for i in range(len(identities)) if np.any(owner == i)])
 
 
 class RenderedFaces(IterableDataset):
     """An endless stream of batches from `sample_faces`, from `start_step` on. Batch s is a pure function
     of (stream_seed, process_index, s), and DataLoader workers take the steps in turn, so a resumed
-    run sees exactly the batches an unbroken run would."""
+    run sees exactly the batches an unbroken run would. With `also_size` each batch holds the same faces
+    rendered at that size too (also_images), as the high-resolution truth of super-resolution training."""
 
     def __init__(self, world_seed: int, size: int, batch_size: int, identities_per_batch: int,
-                 expression_spread: float, stream_seed: int, process_index: int = 0, start_step: int = 0):
-        self.world_seed, self.size, self.batch_size = world_seed, size, batch_size
+                 expression_spread: float, stream_seed: int, process_index: int = 0, start_step: int = 0,
+                 also_size: int | None = None):
+        self.world_seed, self.size, self.batch_size, self.also_size = world_seed, size, batch_size, also_size
         self.identities_per_batch, self.expression_spread = identities_per_batch, expression_spread
         self.stream_seed, self.process_index, self.start_step = stream_seed, process_index, start_step
 
@@ -78,10 +88,12 @@ class RenderedFaces(IterableDataset):
         worker = get_worker_info()
         first, every = (worker.id, worker.num_workers) if worker else (0, 1)
         world = SyntheticWorld(self.world_seed, self.size)
+        also = SyntheticWorld(self.world_seed, self.also_size) if self.also_size else None
         for step in itertools.count(self.start_step + first, every):
             rng = np.random.default_rng([self.stream_seed, self.process_index, step])
-            faces = sample_faces(world, rng, self.batch_size, self.identities_per_batch, self.expression_spread)
+            faces = sample_faces(world, rng, self.batch_size, self.identities_per_batch, self.expression_spread, also)
             yield {"images": frames_to_tensor(faces["frames"]),
+                   **({"also_images": frames_to_tensor(faces["also_frames"])} if also else {}),
                    **{key: torch.from_numpy(faces[key]) for key in ("expression", "emotion", "intensity")}}
 
 
