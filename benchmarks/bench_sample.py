@@ -38,7 +38,7 @@ from emodiff.inference import ATTENTION_BACKENDS, PRECISIONS, InferenceOptions, 
 from emodiff.models.reference_net import ReferenceNet  # noqa: E402
 from emodiff.models.unet import DenoisingUNet  # noqa: E402
 from emodiff.pipeline import EmoDiffPipeline, ExpressionReference, VideoConditions  # noqa: E402
-from emodiff.sample import to_uint8  # noqa: E402
+from emodiff.data.datasets import to_uint8  # noqa: E402
 
 PARTS = ("overhead", "memory", "batch", "streams", "diffusers")
 

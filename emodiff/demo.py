@@ -37,7 +37,7 @@ from emodiff.errors import EmodiffError
 from emodiff.inference import InferenceOptions, add_inference_arguments
 from emodiff.metrics.super_resolution import describe, recorded
 from emodiff.pipeline import EmoDiffPipeline
-from emodiff.sample import to_uint8
+from emodiff.data.datasets import to_uint8
 
 SECONDS = 4.0
 EMOTION = "happy@0,surprised@2"

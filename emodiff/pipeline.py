@@ -337,12 +337,11 @@ class EmoDiffPipeline:
         windows, emotion, intensity). Every step is one batched UNet call over the guidance rows, combined as
         ε = ε(∅,∅) + s_a·(ε(a,∅) − ε(∅,∅)) + s_e·(ε(a,e) − ε(a,∅)); the variance comes from ε(a,e).
         """
-        rows = self.guidance_rows(cfg_audio, cfg_expression)
+        rows = self.guidance_rows(cfg_audio, cfg_expression)  # one row: a student's guided or an unguided prediction
         s_a, s_e = self.guidance_scales(cfg_audio, cfg_expression)
-        if self.guidance_baked is not None:
-            s_a = s_e = 1.0  # the student's single prediction is already the guided one
+
         def per_row(value: torch.Tensor) -> torch.Tensor:  # one copy of a batch per guidance row
-            return value.repeat(len(rows), *[1] * (value.dim() - 1))
+            return value if len(rows) == 1 else value.repeat(len(rows), *[1] * (value.dim() - 1))
 
         inputs: dict[str, object] = {key: per_row(value) for key, value in conditions.items()}
         inputs["reference_features"] = [per_row(f) for f in reference_features]

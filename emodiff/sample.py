@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from emodiff.control import ScheduleOptions, add_schedule_arguments, plot_schedule
+from emodiff.data.datasets import to_uint8
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.media import VideoWriter, load_audio
 from emodiff.data.synthetic import render_origin, trained_world
@@ -134,10 +135,6 @@ def load_super_resolution(pipeline: EmoDiffPipeline, choice: str, weights: str |
         raise EmodiffError(f"{weights} is a x{model.config.scale} model but --sr {choice} was asked.")
     return model
 
-
-def to_uint8(frame: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] → (H, W, 3) uint8."""
-    return ((frame.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
 
 
 def output_paths(out: str) -> dict[str, Path]:

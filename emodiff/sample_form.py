@@ -31,7 +31,8 @@ from emodiff.data.synthetic import render_origin, save_render, trained_world, un
 from emodiff.demo import SECONDS, demo_world, enlarge, sheet_frames, write_contact_sheet
 from emodiff.errors import EmodiffError
 from emodiff.pipeline import EmoDiffPipeline
-from emodiff.sample import add_arguments, identity_warning, prepare_video, read_jobs, sample_batch, to_uint8
+from emodiff.data.datasets import to_uint8
+from emodiff.sample import add_arguments, identity_warning, prepare_video, read_jobs, sample_batch
 
 INTENSITY_MODES = ("constant", "key frames", "from the voice")
 PREVIEW_SECONDS = SECONDS  # the preview's length until speech is given

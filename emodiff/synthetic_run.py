@@ -40,7 +40,7 @@ from scipy.stats import pearsonr, spearmanr
 from emodiff.assemble import assemble
 from emodiff.control import parse_intensity
 from emodiff.data.audio_features import extract_audio_features
-from emodiff.data.datasets import frames_to_tensor
+from emodiff.data.datasets import frames_to_tensor, to_uint8
 from emodiff.data.labels import EMOTIONS, NEUTRAL
 from emodiff.data.store import ClipStore, write_json_atomic
 from emodiff.data.synthetic import EMOTION_DIRECTIONS, EXPRESSION_PARAMS, MOUTH_OPEN, SyntheticWorld, make_store
@@ -168,7 +168,7 @@ def sample_videos(pipeline: EmoDiffPipeline, world: SyntheticWorld, identities: 
     for _, batch in pipeline.sample(conditions, steps=steps, sampler=sampler, cfg_audio=cfg_audio,
                                     cfg_expression=cfg_expression, seeds=range(len(jobs))):
         for v, frame in batch.items():
-            frames[v].append(((frame.permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8))
+            frames[v].append(to_uint8(frame))
     videos = []
     for (identity, emotion, k, s, condition), video in zip(jobs, frames):
         asked = condition.copy()

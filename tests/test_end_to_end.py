@@ -34,7 +34,7 @@ from emodiff.data.synthetic import EMOTION_DIRECTIONS, EXPRESSION_DIM, EXPRESSIO
 from emodiff.models.expression_gan import ExpressionGenerator
 from emodiff.models.readout import ExpressionReadout
 from emodiff.pipeline import EmoDiffPipeline
-from emodiff.sample import to_uint8
+from emodiff.data.datasets import to_uint8
 from emodiff.train.common import CONFIG_DIR
 from emodiff.train.denoiser import train as train_denoiser
 from emodiff.train.expression_gan import train as train_expression_gan

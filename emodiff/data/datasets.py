@@ -37,6 +37,11 @@ def region_mask(points: np.ndarray, size: int, margin: float = 0.25) -> np.ndarr
     return mask
 
 
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """float (..., 3, H, W) in [-1, 1] → uint8 (..., H, W, 3): the inverse of `frames_to_tensor`."""
+    return ((frames.float() + 1) * 127.5).round().clamp(0, 255).byte().movedim(-3, -1).cpu().numpy()
+
+
 def frames_to_tensor(frames: np.ndarray, resolution: int | None = None) -> torch.Tensor:
     """uint8 (..., S, S, 3) → float (..., 3, R, R) in [-1, 1], resized with antialiasing if asked."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)

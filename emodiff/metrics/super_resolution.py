@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emodiff.data.datasets import frames_to_tensor
+from emodiff.data.datasets import frames_to_tensor, to_uint8
 from emodiff.errors import EmodiffError
 from emodiff.metrics.quality import psnr, ssim
 from emodiff.models.rrdbnet import RRDBNet
@@ -31,11 +31,6 @@ COMMENT_PREFIX = "emodiff super-resolution: "
 def bicubic(images: torch.Tensor, scale: int) -> torch.Tensor:
     """Bicubic ×scale of images (B, 3, H, W) in [-1, 1], clamped to [-1, 1]."""
     return F.interpolate(images, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1)
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] → (B, H, W, 3) uint8."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def flicker(video: np.ndarray) -> float:

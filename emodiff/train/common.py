@@ -294,6 +294,16 @@ def optimizer_step(accelerator: Accelerator, optimizer: torch.optim.Optimizer, l
     optimizer.zero_grad(set_to_none=True)
 
 
+def save_image_rows(path: Path, rows: Sequence[torch.Tensor]) -> None:
+    """A PNG of image rows: each (N, 3, H, W) in [-1, 1] side by side, the rows stacked (validation strips)."""
+    from matplotlib import image as mpimg
+
+    from emodiff.data.datasets import to_uint8
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mpimg.imsave(path, to_uint8(torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)))
+
+
 def warmup(step: int, warmup_steps: int) -> float:
     """Linear warm-up factor of step `step` (counted from 1): step / warmup_steps, at most 1."""
     return min(1.0, step / max(1, warmup_steps))

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
 from diffusers.training_utils import EMAModel
-from matplotlib import image as mpimg
 from omegaconf import DictConfig, OmegaConf
 
 from emodiff.data.datasets import FrameDataset
@@ -31,7 +30,7 @@ from emodiff.models.conditioning import WindowEncoder, uses_intensity
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
 from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
-                                  optimizer_step, run_as_module, warmup)
+                                  optimizer_step, run_as_module, save_image_rows, warmup)
 
 
 def compute_losses(batch: dict[str, torch.Tensor], unet: torch.nn.Module, reference_net: torch.nn.Module,
@@ -84,10 +83,7 @@ def write_validation_strip(unet: DenoisingUNet, reference_net: ReferenceNet, dat
                              reference_net(batch["identity"]), config.validation.steps,
                              generator=torch.Generator(device).manual_seed(0), emotion=batch["emotion"],
                              intensity=batch.get("intensity"))
-    rows = [torch.cat(list(images), dim=2) for images in (batch["target"], sampled)]
-    strip = ((torch.cat(rows, dim=1).permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).clip(0, 255)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mpimg.imsave(path, strip.astype(np.uint8))
+    save_image_rows(path, [batch["target"], sampled])
 
 
 def train(config: DictConfig, resume: str | None = None) -> Path:

@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
-from matplotlib import image as mpimg
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -44,7 +43,7 @@ from emodiff.models.conditioning import uses_intensity
 from emodiff.models.unet import DenoisingUNet
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
-                                  optimizer_step, run_as_module, warmup)
+                                  optimizer_step, run_as_module, save_image_rows, warmup)
 
 CONDITIONS = ("identity", "motion", "motion_noise", "audio", "expression", "emotion", "intensity")
 
@@ -141,11 +140,10 @@ def grid_timesteps(teacher: EmoDiffPipeline, step_counts: list[int]) -> torch.Te
     return torch.unique(torch.cat(grids)).flip(0)
 
 
-def straight_path(batch: dict[str, torch.Tensor], t: torch.Tensor, t_start: int,
-                  diffusion: GaussianDiffusion) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_t, v target) on the straight path from x_T (at `t_start`) to x_0* (module docstring)."""
-    alpha = torch.as_tensor(diffusion.sqrt_alphas_cumprod, dtype=torch.float32, device=t.device)
-    sigma = torch.as_tensor(diffusion.sqrt_one_minus_alphas_cumprod, dtype=torch.float32, device=t.device)
+def straight_path(batch: dict[str, torch.Tensor], t: torch.Tensor, t_start: int, alpha: torch.Tensor,
+                  sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, v target) on the straight path from x_T (at `t_start`) to x_0* (module docstring); `alpha`, `sigma`
+    are √ᾱ_t and √(1 − ᾱ_t) for every t."""
     x0, noise = batch["sample"], batch["noise"]
     eps = (noise - alpha[t_start] * x0) / sigma[t_start]
     a, s = alpha[t][:, None, None, None], sigma[t][:, None, None, None]
@@ -153,7 +151,7 @@ def straight_path(batch: dict[str, torch.Tensor], t: torch.Tensor, t_start: int,
 
 
 def pixels(frames: torch.Tensor) -> np.ndarray:
-    """(B,3,H,W) in [−1, 1] → (B,H,W,3) on the 0–255 scale of the quality metrics."""
+    """(B,3,H,W) in [−1, 1] → (B,H,W,3) on the 0–255 scale of the quality metrics, unrounded."""
     return ((frames.float().cpu() + 1) * 127.5).permute(0, 2, 3, 1).numpy()
 
 
@@ -177,10 +175,7 @@ def compare_with_teacher(pipeline: EmoDiffPipeline, couplings: Couplings, step_c
 
 def write_validation_strip(path: Path, teacher_sample: torch.Tensor, samples: dict[int, torch.Tensor], n: int = 6) -> None:
     """Rows: the teacher's full sampler, then the student at each step count; columns: held-out couplings."""
-    rows = [teacher_sample[:n]] + [samples[k][:n] for k in sorted(samples, reverse=True)]
-    strip = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mpimg.imsave(path, ((strip.permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8))
+    save_image_rows(path, [teacher_sample[:n]] + [samples[k][:n] for k in sorted(samples, reverse=True)])
 
 
 def make_student(teacher: EmoDiffPipeline, config: DictConfig) -> DenoisingUNet:
@@ -213,6 +208,8 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     student, optimizer = accelerator.prepare(student, optimizer)
     ema.to(accelerator.device)
     diffusion = GaussianDiffusion.from_config(teacher.settings["diffusion"])
+    alpha, sigma = (torch.as_tensor(a, dtype=torch.float32, device=accelerator.device)
+                    for a in (diffusion.sqrt_alphas_cumprod, diffusion.sqrt_one_minus_alphas_cumprod))
     step_counts = sorted(config.student.steps)
     grid = grid_timesteps(teacher, step_counts).to(accelerator.device)
     pipeline = EmoDiffPipeline(**{**teacher.components(), "unet": accelerator.unwrap_model(student)},
@@ -243,7 +240,7 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
             with accelerator.accumulate(student):
                 batch = next(stream)
                 t = grid[torch.randint(0, len(grid), (len(batch["noise"]),), device=accelerator.device)]
-                x_t, v = straight_path(batch, t, int(grid[0]), diffusion)
+                x_t, v = straight_path(batch, t, int(grid[0]), alpha, sigma)
                 with torch.no_grad():
                     features = reference_net(batch["identity"])
                 out = student(x_t, t, reference_features=features, **{key: batch[key] for key in CONDITIONS})
