@@ -9,7 +9,8 @@ level joined G's training, its neutral row was never trained. For sampling, the 
 true e_n and e_y (the origin and the happy direction) instead of G's sequences, so that what is measured is the
 denoiser: frames sampled for a training identity speaking fresh speech at k = 0, 0.5, 1 must show (b) the
 readout's happy projection rising with k (eq. 14–15 realised in pixels) and (c) the readout's mouth opening
-following the speech's true mouth opening (Pearson over frames).
+following the speech's true mouth opening (Pearson over frames), and (d) with k drawn afresh every frame, the happy
+projection following k rather than k one frame late, which is all that copying x^(i-1) could show.
 
 In the happy clips k is drawn afresh every frame, so the motion frames do not show the target's intensity;
 the tiny config takes the identity frame from the person's neutral clip and drops the motion frames half the
@@ -21,6 +22,7 @@ the mouth "correlation" 0.43 for seed 0 but 0.10 for seed 1 was chance, the audi
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,8 @@ EMOTION = "happy"
 PROJECTION_STEP = 0.05   # each step of k (0 → 0.5 → 1) raises the happy projection by more than this
 PROJECTION_RISE = 0.15   # and k = 0 → 1 by more than this
 MOUTH_R = 0.4            # Pearson r of the mouth readout with the speech's mouth at every k (chance: |r| < 0.28)
+JUMP_R = 0.5             # Pearson r of the happy projection with k when k jumps every frame: measured 0.661
+JUMP_R_OVER_COPY = 0.4   # and its margin over the same frames one frame late (copying x^(i-1)): 0.661 vs 0.059
 NEUTRAL_NORM = 0.2       # |G(neutral)| in the 8 expression parameters, frame mean: measured 0.10 (1 thread) and
                          # 0.14 (2 threads); the neutral clips' own frames 0.08, happy level 1 0.31, level 3 0.78
 
@@ -125,17 +129,26 @@ def measure(pipeline: EmoDiffPipeline, readout: ExpressionReadout, world: Synthe
     reference.targets.zero_()
     reference.targets[:, :len(EXPRESSION_PARAMS)] = torch.from_numpy(EMOTION_DIRECTIONS)
     videos = [pipeline.conditions(identity, audio, EMOTION, k, aligned=True) for k in LEVELS_OF_K]
+    # one more video whose k jumps to a fresh value every frame, so that x^(i-1) says nothing about frame i's k
+    jumps = np.random.default_rng([seed, 2]).uniform(0.0, 1.0, N_FRAMES).astype(np.float32)
+    weights = videos[0].emotion_weights.numpy()
+    videos.append(dataclasses.replace(videos[0], intensity=torch.from_numpy(jumps), expression=torch.as_tensor(
+        pipeline.expression_sequence(weights, jumps), dtype=torch.float32)))
     frames: list[list[np.ndarray]] = [[] for _ in videos]
     for _, batch in pipeline.sample(videos, steps=SAMPLING_STEPS, seeds=[seed] * len(videos), progress=False):
         for v, frame in batch.items():
             frames[v].append(to_uint8(frame))
     direction = EMOTION_DIRECTIONS[emotion_index(EMOTION)]
     projection, mouth_r = [], []
-    for video in frames:
+    for video in frames[:len(LEVELS_OF_K)]:
         expression, _ = readout.read(np.stack(video))
         projection.append(float((expression @ direction).mean()))
         mouth_r.append(float(np.corrcoef(expression[:, MOUTH_OPEN], mouth)[0, 1]))
-    return {"projection": projection, "mouth_r": mouth_r, "neutral_norm": neutral_norm}
+    jumping = readout.read(np.stack(frames[-1]))[0] @ direction  # per frame
+    return {"projection": projection, "mouth_r": mouth_r, "neutral_norm": neutral_norm,
+            "jump_r": float(np.corrcoef(jumping, jumps)[0, 1]),
+            # the same frames one step late, i.e. what a denoiser that copies x^(i-1) would show at frame i
+            "jump_r_copy": float(np.corrcoef(jumping[:-1], jumps[1:])[0, 1])}
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +156,8 @@ def measured(tmp_path_factory) -> dict:
     pipeline, readout, world = train_world(tmp_path_factory.mktemp("world"), SEED)
     result = measure(pipeline, readout, world, SEED)
     print(f"\nhappy projection at k = {LEVELS_OF_K}: {np.round(result['projection'], 4).tolist()}; "
-          f"mouth r: {np.round(result['mouth_r'], 3).tolist()}; |G(neutral)| {result['neutral_norm']:.3f}")
+          f"mouth r: {np.round(result['mouth_r'], 3).tolist()}; |G(neutral)| {result['neutral_norm']:.3f}; "
+          f"k jumping every frame: r {result['jump_r']:.3f}, one frame late (copying x^(i-1)) {result['jump_r_copy']:.3f}")
     return result
 
 
@@ -159,3 +173,10 @@ def test_expression_readout_rises_with_k(measured):
 
 def test_mouth_follows_the_audio(measured):
     assert min(measured["mouth_r"]) > MOUTH_R
+
+
+def test_frames_follow_k_jumping_every_frame_which_copying_cannot(measured):
+    """k is drawn afresh every frame, so the previous frame carries no information about this frame's k: a denoiser
+    that copies x^(i-1) (or lags it) shows the happy projection of k one frame late, uncorrelated with k."""
+    assert measured["jump_r"] > JUMP_R
+    assert measured["jump_r"] - measured["jump_r_copy"] > JUMP_R_OVER_COPY

@@ -4,7 +4,8 @@ One `accelerate` loop driven by a YAML config (configs/denoiser_base.yaml, confi
 mixed precision, gradient accumulation and checkpointing, EMA, AdamW with linear warm-up, condition
 dropout for classifier-free guidance, validation strips, and the shared run infrastructure of
 `emodiff.train.common` (checkpoints with exact `--resume`, logs, NaN/inf guard). The EMA weights are
-saved with `save_pretrained` to <output-dir>/unet and <output-dir>/reference_net.
+saved with `save_pretrained` to <output-dir>/unet and <output-dir>/reference_net. `init.weights` starts from a
+trained denoiser instead of from scratch (fine-tuning), with the `init.fresh` modules left at their initialisation.
 
     emodiff train denoiser --config configs/denoiser_tiny.yaml --store STORE --output-dir DIR [--resume latest]
     accelerate launch --config_file accelerate_config.yaml -m emodiff.train.denoiser --config ... --store ... --output-dir ...
@@ -20,6 +21,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
 
 from emodiff.data.datasets import FrameDataset
 from emodiff.diffusion.gaussian import GaussianDiffusion
@@ -86,6 +88,30 @@ def write_validation_strip(unet: DenoisingUNet, reference_net: ReferenceNet, dat
     save_image_rows(path, [batch["target"], sampled])
 
 
+def init_from_trained(modules: dict[str, torch.nn.Module], folder: str | Path, fresh: list[str]) -> int:
+    """Copy a trained denoiser's weights (FOLDER/unet, FOLDER/reference_net) into `modules` (fine-tuning). Every
+    parameter and buffer whose name starts with a `fresh` prefix keeps its initialisation; every other one must be in
+    FOLDER with the same shape. Returns how many tensors were copied."""
+    copied = 0
+    for name, module in modules.items():
+        path = Path(folder) / name / "diffusion_pytorch_model.safetensors"
+        if not path.is_file():
+            raise EmodiffError(f"init.weights: {path} is missing; point it at a finished `emodiff train denoiser` folder.")
+        trained = load_file(path)
+        state = module.state_dict()
+        for key, value in state.items():
+            if any(key.startswith(prefix) for prefix in fresh):
+                continue
+            if key not in trained or trained[key].shape != value.shape:
+                found = tuple(trained[key].shape) if key in trained else "nothing"
+                raise EmodiffError(f"init.weights: {name}.{key} is {tuple(value.shape)} here but {found} in {path}; "
+                                   "match the architecture or list the prefix in init.fresh.")
+            state[key] = trained[key]
+            copied += 1
+        module.load_state_dict(state)
+    return copied
+
+
 def train(config: DictConfig, resume: str | None = None) -> Path:
     """Run (or continue) training; returns the output folder holding unet/ and reference_net/."""
     tc = config.train
@@ -105,6 +131,10 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     if isinstance(unet.expression_embedding, WindowEncoder):  # the variants without an expression window have none
         unet.expression_embedding.set_statistics(*dataset.feature_statistics("expression"))
     reference_net = ReferenceNet.matching(unet)
+    if config.init.weights:  # before the EMA copy; a resumed run's checkpoint replaces these weights
+        copied = init_from_trained({"unet": unet, "reference_net": reference_net}, config.init.weights,
+                                   list(config.init.fresh))
+        accelerator.print(f"started from {config.init.weights}: {copied} tensors copied, {list(config.init.fresh)} fresh")
     if tc.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         reference_net.enable_gradient_checkpointing()
