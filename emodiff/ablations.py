@@ -63,10 +63,16 @@ class Budget:
     intensities: tuple[float, ...]  # the k sweep of tables 2–3
     levels: int  # intensity levels of Table 4's FLIE / LIE (the paper's 15)
     sequences: int  # generated sequences per emotion in Table 4 (the embedding, EmoAcc)
+    fine_tune: bool = False  # denoisers start from the run's denoiser with a fresh expression encoder
+
+
+FRESH_ENCODER = ["expression_embedding"]  # what every fine-tuned denoiser variant learns anew
 
 
 BUDGETS = {"quick": Budget(denoiser_steps=500, denoiser_batch=8, gan_steps=600, frames=24, intensities=(0.0, 0.5, 1.0),
                            levels=15, sequences=16),
+           "finetune": Budget(denoiser_steps=2000, denoiser_batch=16, gan_steps=600, frames=24,
+                              intensities=(0.0, 0.5, 1.0), levels=15, sequences=16, fine_tune=True),
            "smoke": Budget(denoiser_steps=2, denoiser_batch=2, gan_steps=2, frames=6, intensities=(0.0, 0.5, 1.0),
                            levels=3, sequences=2)}
 
@@ -297,7 +303,13 @@ def _setting(ctx: Context, budget: Budget, stage: str, name: str, rows: dict) ->
     spec = c.stages[stage].overrides
     steps = budget.denoiser_steps if stage == "denoiser" else budget.gan_steps
     walls = ", ".join(f"{label} {row['train_seconds'] / 60:.1f} min" for label, row in rows.items() if row["train_seconds"])
-    return [f"Budget `{name}`: every variant trained from scratch for {steps} steps (batch {spec.train.batch_size}) on "
+    start = "from scratch"
+    if budget.fine_tune:
+        base = load_config(ctx.run / "denoiser" / "config.yaml").train
+        start = (f"from the run's own denoiser (`{ctx.run}/denoiser`, interpolation, {base.max_steps} steps at batch "
+                 f"{base.batch_size}) with a freshly initialised expression encoder (`{FRESH_ENCODER[0]}`), so that "
+                 "every intensity control is learnt anew on the same trained backbone,")
+    return [f"Budget `{name}`: every variant trained {start} for {steps} steps (batch {spec.train.batch_size}) on "
             f"the store of `{ctx.run}` ({c.world.identities} identities × {c.world.clips} clips × {c.world.frames} "
             f"frames at {c.world.size} px, world seed {c.world.seed}); wall time of the training on 2 shared CPU "
             f"cores: {walls or 'reused runs'}."]
@@ -373,6 +385,9 @@ def ablate(table: str, run: Path, out: Path, report: Path, budget_name: str = "q
     if budget_name not in BUDGETS:
         raise EmodiffError(f"Unknown budget '{budget_name}'; choose one of: {', '.join(BUDGETS)}.")
     budget = BUDGETS[budget_name]
+    if budget.fine_tune and table != "table3":
+        raise EmodiffError(f"Budget '{budget_name}' fine-tunes denoisers on the run's backbone, so it is for table3 "
+                           "only (table2 removes part of that backbone; table4 trains no denoiser).")
     ctx = Context.open(Path(run))
     ctx.config = _merge(ctx.config, overrides)
     stage = "expression" if table == "table4" else "denoiser"
@@ -380,9 +395,19 @@ def ablate(table: str, run: Path, out: Path, report: Path, budget_name: str = "q
     ctx.config.stages[stage].overrides.train.max_steps = steps
     ctx.config.stages[stage].overrides.train.checkpoint_every = max(1, steps // 4)
     ctx.config.stages.denoiser.overrides.train.batch_size = budget.denoiser_batch
+    if budget.fine_tune:
+        if not (ctx.run / "denoiser" / "unet").is_dir():
+            raise EmodiffError(f"Budget '{budget_name}' fine-tunes {ctx.run / 'denoiser'}, which is not a finished "
+                               "denoiser run.")
+        ctx.config.stages.denoiser.overrides.init = {"weights": str(ctx.run / "denoiser"), "fresh": FRESH_ENCODER}
     ctx.config.evaluation.intensities = list(budget.intensities)
     out.mkdir(parents=True, exist_ok=True)
     report.mkdir(parents=True, exist_ok=True)
+    marker = out / "budget.json"  # finished variants are reused, so one OUT holds one budget's runs
+    if marker.is_file() and json.loads(marker.read_text())["budget"] != budget_name:
+        raise EmodiffError(f"{out} holds the '{json.loads(marker.read_text())['budget']}' budget's runs; give budget "
+                           f"'{budget_name}' another --out.")
+    write_json_atomic(marker, {"budget": budget_name})
     for variant in TABLES[table]:  # every variant's training first, then the evaluations
         wall = train_variant(ctx.config, stage, ctx.store, out / variant.folder, list(variant.overrides))
         if wall:

@@ -3,12 +3,14 @@ requests with finite numbers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
 from emodiff import ablations, synthetic_run
 from emodiff.cli import main as cli_main
@@ -26,9 +28,16 @@ def base(tmp_path_factory):
     return out
 
 
-def _run(table, base, out):
+@pytest.fixture(autouse=True)
+def smoke_finetune(monkeypatch):
+    """The smoke budget with the shipped Table 3 protocol: denoisers fine-tuned from the run's own."""
+    monkeypatch.setitem(ablations.BUDGETS, "smoke-finetune", dataclasses.replace(ablations.BUDGETS["smoke"],
+                                                                                 fine_tune=True))
+
+
+def _run(table, base, out, budget="smoke"):
     return cli_main(["ablate", table, "--base", str(base), "--out", str(out), "--report", str(out / "docs"),
-                     "--budget", "smoke"])
+                     "--budget", budget])
 
 
 def _finite_rows(out, table, keys):
@@ -69,6 +78,22 @@ def test_table2_and_table3_train_the_named_denoisers_and_score_the_same_requests
     assert "| w/o ReferenceNet |" in (out / "docs" / "table2.md").read_text()
 
 
+def test_table3_finetune_budget_starts_every_variant_from_the_runs_denoiser(base, tmp_path, capsys):
+    out = tmp_path / "ablations"
+    assert _run("table3", base, out, "smoke-finetune") == 0
+    # the copy itself is tested in test_train_denoiser (the tiny base here is too close to its initialisation)
+    assert capsys.readouterr().out.count(f"started from {base / 'denoiser'}: ") == len(ablations.TABLES["table3"])
+    for variant in ablations.TABLES["table3"]:
+        init = OmegaConf.load(out / variant.folder / "config.yaml").init
+        assert init.weights == str(base / "denoiser") and list(init.fresh) == ["expression_embedding"]
+    assert "freshly initialised expression encoder" in (out / "docs" / "table3.md").read_text()
+    # finished variants are reused, so another budget in the same folder is refused, not mixed in
+    assert _run("table3", base, out, "smoke") != 0
+    assert "another --out" in capsys.readouterr().err
+    assert _run("table2", base, tmp_path / "other", "smoke-finetune") != 0
+    assert "table3 only" in capsys.readouterr().err
+
+
 def test_table4_trains_the_four_discriminator_setups(base, tmp_path):
     out = tmp_path / "ablations"
     assert _run("table4", base, out) == 0
@@ -77,8 +102,6 @@ def test_table4_trains_the_four_discriminator_setups(base, tmp_path):
     settings = [(c.model.global_discriminator.temporal, c.model.use_local_discriminator)
                 for c in (OmegaConf.load(out / v.folder / "config.yaml") for v in ablations.TABLES["table4"])]
     assert settings == [("tcn", True), ("tcn", False), ("conv", True), ("conv", False)]
-    from safetensors.torch import load_file
-
     d_global = {}
     for variant, (temporal, local) in zip(ablations.TABLES["table4"], settings):
         checkpoint = out / variant.folder / "checkpoints" / "checkpoint-2"
