@@ -1,9 +1,11 @@
 """The papers' ablation tables, trained and scored on the synthetic world (DESIGN §11).
 
-    emodiff ablate table2|table3|table4 --base RUN --out DIR [--report DIR] [--budget quick] [--set key=value ...]
+    emodiff ablate table2|table3|table4 --base RUN --out DIR [--report DIR] [--budget quick|finetune] [--set key=value ...]
 
 RUN is a finished `emodiff synthetic-run` folder: its store, readout, expression generator and intensity VAE are
-reused, and only what a table varies is trained (into DIR, skipped when finished there), with the budget's steps:
+reused, and only what a table varies is trained (into DIR, skipped when finished there, so one DIR holds one
+budget's runs), with the budget's steps: from scratch (`quick`), or for table3 (`finetune`) from RUN's own denoiser
+with the expression encoder freshly initialised, so each intensity control is learnt anew on one trained backbone:
 
 - table2 (EMOdiffhead Table 2, the "w/o ReferenceNet" row): the denoiser with and without the ReferenceNet
   (`unet.reference_levels=[]`); PSNR, SSIM against the world's true render of the same request, and CPBD.
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
@@ -194,7 +197,7 @@ def evaluate_denoiser(ctx: Context, folder: Path, budget: Budget) -> dict:
     truth["psnr"], truth["ssim"] = float("inf"), 1.0
     truth["cpbd"] = float(np.mean([video_cpbd(v.truth) for v in videos]))
     n_params = sum(p.numel() for name in ("unet", "reference_net")
-                   for p in load_file(folder / name / "diffusion_pytorch_model.safetensors").values())
+                   for p in load_file(folder / name / SAFETENSORS_WEIGHTS_NAME).values())
     return {"generated": generated, "truth": truth, "videos": len(videos), "parameters": n_params}
 
 
@@ -404,9 +407,9 @@ def ablate(table: str, run: Path, out: Path, report: Path, budget_name: str = "q
     out.mkdir(parents=True, exist_ok=True)
     report.mkdir(parents=True, exist_ok=True)
     marker = out / "budget.json"  # finished variants are reused, so one OUT holds one budget's runs
-    if marker.is_file() and json.loads(marker.read_text())["budget"] != budget_name:
-        raise EmodiffError(f"{out} holds the '{json.loads(marker.read_text())['budget']}' budget's runs; give budget "
-                           f"'{budget_name}' another --out.")
+    held = json.loads(marker.read_text())["budget"] if marker.is_file() else budget_name
+    if held != budget_name:
+        raise EmodiffError(f"{out} holds the '{held}' budget's runs; give budget '{budget_name}' another --out.")
     write_json_atomic(marker, {"budget": budget_name})
     for variant in TABLES[table]:  # every variant's training first, then the evaluations
         wall = train_variant(ctx.config, stage, ctx.store, out / variant.folder, list(variant.overrides))

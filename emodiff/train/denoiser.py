@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from accelerate.utils import extract_model_from_parallel
 from diffusers.training_utils import EMAModel
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
@@ -94,7 +95,7 @@ def init_from_trained(modules: dict[str, torch.nn.Module], folder: str | Path, f
     FOLDER with the same shape. Returns how many tensors were copied."""
     copied = 0
     for name, module in modules.items():
-        path = Path(folder) / name / "diffusion_pytorch_model.safetensors"
+        path = Path(folder) / name / SAFETENSORS_WEIGHTS_NAME
         if not path.is_file():
             raise EmodiffError(f"init.weights: {path} is missing; point it at a finished `emodiff train denoiser` folder.")
         trained = load_file(path)
@@ -131,7 +132,7 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     if isinstance(unet.expression_embedding, WindowEncoder):  # the variants without an expression window have none
         unet.expression_embedding.set_statistics(*dataset.feature_statistics("expression"))
     reference_net = ReferenceNet.matching(unet)
-    if config.init.weights:  # before the EMA copy; a resumed run's checkpoint replaces these weights
+    if config.init.weights and training.resume_from is None:  # before the EMA copy; a resumed run has its own
         copied = init_from_trained({"unet": unet, "reference_net": reference_net}, config.init.weights,
                                    list(config.init.fresh))
         accelerator.print(f"started from {config.init.weights}: {copied} tensors copied, {list(config.init.fresh)} fresh")
