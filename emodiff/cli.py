@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "demo": "emodiff.demo",
     "synthetic-run": "emodiff.synthetic_run",
     "ablate": "emodiff.ablations",
+    "real-clips": "emodiff.experiments.real_clips",
 }
 TRAIN_STAGES: dict[str, str] = {
     "denoiser": "emodiff.train.denoiser",

@@ -37,6 +37,14 @@ def region_mask(points: np.ndarray, size: int, margin: float = 0.25) -> np.ndarr
     return mask
 
 
+def moving_average(values: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average of (T, ...) values over `width` frames along time, the edge frames repeated."""
+    half = width // 2
+    padded = np.concatenate([values[:1].repeat(half, 0), values, values[-1:].repeat(width - 1 - half, 0)])
+    sums = np.cumsum(np.concatenate([np.zeros_like(values[:1]), padded]), axis=0, dtype=np.float64)
+    return ((sums[width:] - sums[:-width]) / width).astype(values.dtype)
+
+
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """float (..., 3, H, W) in [-1, 1] → uint8 (..., H, W, 3): the inverse of `frames_to_tensor`."""
     return ((frames.float() + 1) * 127.5).round().clamp(0, 255).byte().movedim(-3, -1).cpu().numpy()
@@ -88,6 +96,7 @@ class FrameDataset(Dataset):
         seed: int = 0,
         identity_source: str = "clip",
         intensity_labels: bool = False,
+        expression_smoothing: int = 0,
     ):
         if identity_source not in IDENTITY_SOURCES:
             raise ValueError(f"identity_source must be one of {', '.join(IDENTITY_SOURCES)}, not {identity_source!r}")
@@ -103,6 +112,8 @@ class FrameDataset(Dataset):
         self.window = window
         self.resolution = resolution
         self.seed = seed
+        self.expression_smoothing = int(expression_smoothing)
+        self._smoothed: dict[int, np.ndarray] = {}
         self.intensity_measure = None
         if intensity_labels:
             from emodiff.control.intensity import IntensityMeasure
@@ -153,7 +164,7 @@ class FrameDataset(Dataset):
             "identity": images[1],
             "motion": images[2:].reshape(6, size, size),
             "audio": torch.from_numpy(np.asarray(clip.audio_feats[win], dtype=np.float32)),
-            "expression": torch.from_numpy(np.asarray(clip.expression[win], dtype=np.float32)),
+            "expression": torch.from_numpy(np.asarray(self.expression(c)[win], dtype=np.float32)),
             "emotion": torch.tensor(emotion_label(clip)),
             "mouth_mask": torch.from_numpy(region_mask(lms[MOUTH], size))[None],
             "eye_mask": torch.from_numpy(region_mask(lms[EYES], size))[None],
@@ -161,6 +172,16 @@ class FrameDataset(Dataset):
         if self.intensity_measure is not None:
             item["intensity"] = torch.tensor(self.intensity(clip, i))
         return item
+
+    def expression(self, c: int) -> np.ndarray:
+        """Clip c's expression vectors (T, D), or with `expression_smoothing` W their centred moving average over W
+        frames (edge frames repeat), kept in memory per clip."""
+        clip = self.clips[c]
+        if self.expression_smoothing <= 1:
+            return clip.expression
+        if c not in self._smoothed:
+            self._smoothed[c] = moving_average(np.asarray(clip.expression, dtype=np.float32), self.expression_smoothing)
+        return self._smoothed[c]
 
     def intensity(self, clip: Clip, i: int) -> float:
         """k of frame i by `intensity_measure` (0 for neutral and unlabelled clips)."""

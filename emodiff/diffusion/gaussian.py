@@ -1,6 +1,7 @@
 """Gaussian diffusion maths of EMOdiffhead §3.2.1 (eq. 1–10) and the training loss of eq. 16.
 
-Follows Ho et al. (DDPM) and Nichol & Dhariwal (improved DDPM / ADM): ε-prediction, learned-range
+Follows Ho et al. (DDPM) and Nichol & Dhariwal (improved DDPM / ADM): ε-prediction (or v-prediction, Salimans &
+Ho 2022, beyond the paper), learned-range
 variance Σ = exp(v·log β_t + (1−v)·log β̃_t) (eq. 5, v mapped from the network's [−1, 1]), and the
 hybrid loss L_simple + λ_vlb·L_vlb with a stop-gradient on the mean inside L_vlb. Schedule
 arrays are kept in float64 and gathered per timestep.
@@ -110,6 +111,14 @@ class GaussianDiffusion:
         """x_0 from x_t and ε by inverting eq. 2."""
         return self._gather(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self._gather(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
 
+    def v_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = √ᾱ_t·ε − √(1 − ᾱ_t)·x_0 (Salimans & Ho 2022), the target of a v-prediction denoiser."""
+        return self._gather(self.sqrt_alphas_cumprod, t, x0) * noise - self._gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """ε = √ᾱ_t·v + √(1 − ᾱ_t)·x_t, the ε a v-prediction implies."""
+        return self._gather(self.sqrt_alphas_cumprod, t, x_t) * v + self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+
     def p_mean_log_variance(self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                             clip_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """μ_θ (eq. 4, via the posterior mean of the predicted x_0) and log Σ_θ (eq. 5) from ε ⊕ v."""
@@ -141,6 +150,7 @@ class GaussianDiffusion:
         lambda_lip: float = 0.0,
         lambda_eye: float = 0.0,
         min_snr_gamma: float | None = None,
+        prediction_type: str = "epsilon",
     ) -> dict[str, torch.Tensor]:
         """Per-sample terms of eq. 16: L_simple + λ_vlb·L_vlb + λ_lip·L_lip + λ_eye·L_eye.
 
@@ -149,21 +159,32 @@ class GaussianDiffusion:
         matches ADM). L_lip and L_eye are the ε-MSE inside the mouth and eye masks. With `min_snr_gamma` γ the
         ε terms are weighted by min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1 − ᾱ_t) (Min-SNR-γ, Hang et al. 2023, eq. 8 for
         ε-prediction), which stops the nearly clean steps from dominating the gradient.
+
+        With `prediction_type="v_prediction"` the first half of the output is v and every MSE term compares it
+        with `v_target` (Min-SNR weight min(SNR_t, γ)/(SNR_t + 1), Hang et al. 2023); L_vlb reads the ε it implies.
+        At the noisiest steps an ε error is multiplied by 1/√ᾱ_t in the predicted frame, a v error is not, which
+        keeps a denoiser trained briefly from painting noise and colour shifts into frames sampled from x_T.
         """
-        eps, v = model_output.chunk(2, dim=1)
-        weight = torch.ones_like(t, dtype=eps.dtype)
+        prediction, v = model_output.chunk(2, dim=1)
+        if prediction_type == "epsilon":
+            target, eps = noise, prediction
+        elif prediction_type == "v_prediction":
+            target, eps = self.v_target(x0, t, noise), self.eps_from_v(x_t, t, prediction)
+        else:
+            raise EmodiffError(f"Unknown prediction_type {prediction_type!r}; choose epsilon or v_prediction.")
+        weight = torch.ones_like(t, dtype=prediction.dtype)
         if min_snr_gamma is not None:
             snr = self._gather(self.alphas_cumprod / (1.0 - self.alphas_cumprod), t, t)
-            weight = snr.clamp(max=min_snr_gamma) / snr
-        losses = {"simple": weight * (noise - eps).square().flatten(1).mean(1)}
+            weight = snr.clamp(max=min_snr_gamma) / (snr + (prediction_type == "v_prediction"))
+        losses = {"simple": weight * (target - prediction).square().flatten(1).mean(1)}
         frozen = torch.cat([eps.detach(), v], dim=1)
         losses["vlb"] = self.num_timesteps * self.vlb_terms(frozen, x0, x_t, t)
         loss = losses["simple"] + lambda_vlb * losses["vlb"]
         if mouth_mask is not None:
-            losses["lip"] = weight * masked_mse(noise, eps, mouth_mask)
+            losses["lip"] = weight * masked_mse(target, prediction, mouth_mask)
             loss = loss + lambda_lip * losses["lip"]
         if eye_mask is not None:
-            losses["eye"] = weight * masked_mse(noise, eps, eye_mask)
+            losses["eye"] = weight * masked_mse(target, prediction, eye_mask)
             loss = loss + lambda_eye * losses["eye"]
         losses["loss"] = loss
         return losses

@@ -22,12 +22,12 @@ def make_scheduler(name: str, diffusion_config: Mapping[str, Any], prediction_ty
     beta_schedule). DDPM and DPM-Solver++ read the learned-range variance half of the UNet output;
     DDIM (deterministic, η = 0) uses ε only (see `scheduler_model_output`). Predicted frames stay in
     [−1, 1]: clip_sample for DDPM/DDIM, dynamic thresholding for DPM-Solver++. `prediction_type` is the
-    UNet's ("v_prediction" for a distilled student, which has no trained variance and so no DDPM sampler).
+    UNet's ("v_prediction" for a distilled student or a v-trained denoiser, which sample with DDIM or DPM-Solver++).
     """
     betas = make_betas(diffusion_config["beta_schedule"], int(diffusion_config["num_train_timesteps"]))
     common = dict(num_train_timesteps=len(betas), trained_betas=betas.tolist(), prediction_type=prediction_type)
     if name == "ddpm" and prediction_type != "epsilon":
-        raise EmodiffError("A distilled denoiser has no trained variance, so it cannot use the ddpm sampler; use ddim.")
+        raise EmodiffError("This denoiser predicts v, and emodiff's ddpm sampler is for ε-prediction; use ddim or dpm++.")
     if name == "ddpm":
         return DDPMScheduler(**common, variance_type="learned_range", clip_sample=True)
     if name == "ddim":

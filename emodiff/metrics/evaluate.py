@@ -11,7 +11,8 @@ reference by `<name>`. Optional sidecars next to a video (a run's own sidecar wi
   `<name>.landmarks.npy`  (T, 68, 2) iBUG-68 landmarks in the evaluation crop's pixels (else detected).
 All videos are resampled to one fps and face-aligned with the crop code of `emodiff prepare` (per-frame
 iBUG-68 landmarks, nose-tip boxes smoothed in time; `--aligned`: already crops, only resized); the same
-detection gives the landmarks of M-LMD / F-LMD. Every metric whose weights and inputs are present is
+detection gives the landmarks of M-LMD / F-LMD and of the mouth-opening correlation (mouth r). PSNR drift is the
+PSNR of a video's last second minus its first (dB). Every metric whose weights and inputs are present is
 computed; the others are listed as skipped with the reason. A metric that cannot be computed for one video
 (no or silent audio, too short) is n/a for that video with its reason, and a video that cannot be read or
 aligned is left out with its reason; the rest of the report is written. Intensity-L2 reads k back with one
@@ -58,7 +59,8 @@ T = TypeVar("T")
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("psnr", "PSNR", "↑"), ("ssim", "SSIM", "↑"), ("lpips", "LPIPS", "↓"), ("fid", "FID", "↓"),
     ("fvd", "FVD", "↓"), ("cpbd", "CPBD", "↑"), ("csim", "CSIM", "↑"), ("lse_c", "LSE-C", "↑"),
-    ("lse_d", "LSE-D", "↓"), ("m_lmd", "M-LMD", "↓"), ("f_lmd", "F-LMD", "↓"), ("emo_acc", "EmoAcc", "↑"),
+    ("lse_d", "LSE-D", "↓"), ("m_lmd", "M-LMD", "↓"), ("f_lmd", "F-LMD", "↓"), ("mouth_r", "mouth r", "↑"),
+    ("psnr_drift", "PSNR drift", "↑"), ("emo_acc", "EmoAcc", "↑"),
     ("emo_acc_vote", "EmoAcc (vote)", "↑"), ("flie", "FLIE", "↓"), ("lie", "LIE", "↓"),
     ("intensity_l2", "Intensity-L2", "↓"), ("beat_align", "Beat Align", "↑"), ("diversity", "Diversity", "↑"),
 )
@@ -349,11 +351,13 @@ class RunEvaluator:
         if pairs:
             values["psnr"] = float(np.mean([quality.psnr(*_common_frames(r.frames, g.frames)) for r, g in pairs]))
             values["ssim"] = float(np.mean([quality.ssim(*_common_frames(r.frames, g.frames)) for r, g in pairs]))
+            values["psnr_drift"] = float(np.mean([quality.psnr_drift(*_common_frames(r.frames, g.frames),
+                                                                     max(1, round(g.fps))) for r, g in pairs]))
             self._lpips(pairs, values)
             self._lmd(pairs, values)
             self._csim(pairs, values)
         else:
-            for key in ("psnr", "ssim", "lpips", "m_lmd", "f_lmd", "csim"):
+            for key in ("psnr", "ssim", "psnr_drift", "lpips", "m_lmd", "f_lmd", "mouth_r", "csim"):
                 self.skip(key, "no video name is shared with the reference folder")
         self._frechet(videos, values)
         values["cpbd"] = float(np.mean([quality.cpbd(f) for v in videos.values() for f in v.frames[::CPBD_FRAME_STRIDE]]))
@@ -379,9 +383,11 @@ class RunEvaluator:
             reason = "no landmarks for both the reference and the run (--landmarks none, no <name>.landmarks.npy)"
             self.skip("m_lmd", reason)
             self.skip("f_lmd", reason)
+            self.skip("mouth_r", reason)
             return
         values["m_lmd"] = float(np.mean([landmarks.m_lmd(a, b) for a, b in with_lms]))
         values["f_lmd"] = float(np.mean([landmarks.f_lmd(a, b) for a, b in with_lms]))
+        values["mouth_r"] = float(np.mean([landmarks.mouth_correlation(a, b) for a, b in with_lms]))
 
     def _csim(self, pairs: list[tuple[Video, Video]], values: dict[str, float]) -> None:
         if self.weights.face_embedder is None:

@@ -24,6 +24,13 @@ def psnr(reference: np.ndarray, test: np.ndarray) -> float:
         return float(10.0 * np.log10(PEAK**2 / mse))
 
 
+def psnr_drift(reference: np.ndarray, test: np.ndarray, frames: int) -> float:
+    """PSNR of the last `frames` frames minus that of the first `frames` (dB): below 0, the video drifts away from
+    its reference over time; 0 for a video equal to its reference at both ends."""
+    first, last = psnr(reference[:frames], test[:frames]), psnr(reference[-frames:], test[-frames:])
+    return 0.0 if first == last else last - first
+
+
 def _gaussian_kernel(size: int = 11, sigma: float = 1.5) -> np.ndarray:
     x = np.arange(size) - (size - 1) / 2
     k = np.exp(-(x**2) / (2 * sigma**2))

@@ -65,7 +65,8 @@ def compute_losses(batch: dict[str, torch.Tensor], unet: torch.nn.Module, refere
     losses = diffusion.training_losses(out.float(), x0, x_t, t, noise, lambda_vlb=d.lambda_vlb,
                                        mouth_mask=batch["mouth_mask"], eye_mask=batch["eye_mask"],
                                        lambda_lip=d.lambda_lip, lambda_eye=d.lambda_eye,
-                                       min_snr_gamma=d.min_snr_gamma)
+                                       min_snr_gamma=d.min_snr_gamma,
+                                       prediction_type=d.get("prediction_type", "epsilon"))
     losses = {k: v.mean() for k, v in losses.items()}
     encoder = extract_model_from_parallel(unet).expression_embedding
     if hasattr(encoder, "norm_loss"):  # the renorm variant's L_norm (framewise intensity paper eq. 2)
@@ -81,7 +82,7 @@ def write_validation_strip(unet: DenoisingUNet, reference_net: ReferenceNet, dat
     n = config.validation.frames
     items = [dataset[int(i)] for i in np.linspace(0, len(dataset) - 1, n).astype(int)]
     batch = {k: torch.stack([item[k] for item in items]).to(device) for k in items[0]}
-    scheduler = make_scheduler(config.validation.sampler, config.diffusion)
+    scheduler = make_scheduler(config.validation.sampler, config.diffusion, unet.config.prediction_type)
     sampled = denoise_frames(unet, scheduler, batch["identity"], batch["motion"], batch["audio"], batch["expression"],
                              reference_net(batch["identity"]), config.validation.steps,
                              generator=torch.Generator(device).manual_seed(0), emotion=batch["emotion"],
@@ -119,7 +120,8 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     try:
         dataset = FrameDataset(config.data.store, window=config.data.window, resolution=config.data.resolution,
                                seed=config.seed, identity_source=config.data.identity_source,
-                               intensity_labels=uses_intensity(config.unet.expression_encoder))
+                               intensity_labels=uses_intensity(config.unet.expression_encoder),
+                               expression_smoothing=config.data.get("expression_smoothing", 0))
     except ValueError as err:
         raise EmodiffError(f"cannot train the denoiser on {config.data.store}: {err}.") from err
     training = TrainingRun(config, "denoiser", resume, gradient_accumulation_steps=tc.gradient_accumulation_steps)
@@ -127,7 +129,9 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     first = dataset.clips[0]
     unet = DenoisingUNet(sample_size=config.data.resolution, window=config.data.window,
                          audio_dim=first.audio_feats.shape[1], expression_dim=first.expression.shape[1],
-                         motion_noise_conditioning=tc.motion_noise_max > 0, **OmegaConf.to_container(config.unet))
+                         motion_noise_conditioning=tc.motion_noise_max > 0,
+                         prediction_type=config.diffusion.get("prediction_type", "epsilon"),
+                         **OmegaConf.to_container(config.unet))
     unet.audio_embedding.set_statistics(*dataset.feature_statistics("audio_feats"))
     if isinstance(unet.expression_embedding, WindowEncoder):  # the variants without an expression window have none
         unet.expression_embedding.set_statistics(*dataset.feature_statistics("expression"))

@@ -1,0 +1,141 @@
+"""`emodiff real-clips` on real fixture clips (EMODIFF_FIXTURES), and what real video revealed about the data path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emodiff.cli import main
+from emodiff.data.media import probe, read_video
+from emodiff.diffusion.gaussian import GaussianDiffusion, make_betas
+from emodiff.metrics.landmarks import mouth_correlation, mouth_opening
+
+# Small budget: the path users take, end to end, in about two minutes on 2 cores.
+SMALL = ["denoiser.train.max_steps=20", "denoiser.train.checkpoint_every=10", "denoiser.train.validate_every=20",
+         "denoiser.data.resolution=32", "sample.steps=2", "prepare.workers=1"]
+
+
+def link(folder: Path, fixtures: Path, names: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).symlink_to(fixtures / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_run(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
+    """Two talking clips and one silent MEAD crop through the whole command at the small budget."""
+    tmp = tmp_path_factory.mktemp("real_clips")
+    clips = link(tmp / "clips", fixtures_dir, ["hdtf_radio2_000.mp4", "talk_retalking_2.mp4", "mead_sad_crop.mp4"])
+    out = tmp / "run"
+    code = main(["real-clips", str(clips), "--out", str(out), "--report", str(tmp / "docs"), "--set", *SMALL])
+    return out, tmp / "docs", code
+
+
+def test_the_command_writes_the_self_reenactment_report_with_sane_baselines(small_run: tuple[Path, Path, int]) -> None:
+    out, docs, code = small_run
+    assert code == 0
+    report = json.loads((out / "report" / "metrics.json").read_text())
+    metrics = report["metrics"]
+    assert set(metrics) == {"reference", "model", "still", "delayed"}
+    # The real segment scored against itself is perfect.
+    assert metrics["reference"]["psnr"] == float("inf")
+    assert metrics["reference"]["m_lmd"] == 0.0 and metrics["reference"]["mouth_r"] == pytest.approx(1.0)
+    assert metrics["reference"]["psnr_drift"] == 0.0
+    # A still face has no mouth motion to correlate; the delayed copy is right motion at the wrong time.
+    assert metrics["still"]["mouth_r"] == 0.0
+    assert abs(metrics["delayed"]["mouth_r"]) < 0.9
+    for run in ("model", "still", "delayed"):
+        assert {"psnr", "ssim", "m_lmd", "f_lmd", "mouth_r", "psnr_drift"} <= set(metrics[run])
+    # Only the held-out quarter is scored: the held-out real videos are a quarter of each clip.
+    for name in ("hdtf_radio2_000", "talk_retalking_2"):
+        train, heldout = (probe(out / "split" / part / f"{name}.mp4").n_frames for part in ("train", "heldout"))
+        assert heldout == pytest.approx((train + heldout) * 0.25, abs=1)
+        assert probe(out / "videos" / "model" / f"{name}.mp4").n_frames == probe(out / "videos" / "real" / f"{name}.mp4").n_frames
+    summary = (docs / "real_clips.md").read_text()
+    assert "mead_sad_crop.mp4" in summary and "silent" in summary  # left out, with its reason
+    for run in ("model", "still", "delayed"):
+        assert f"| {run} |" in summary
+    side = next(read_video(docs / "side_by_side.mp4"))
+    assert side.shape[1] == 2 * side.shape[0]  # real | generated
+    assert (docs / "contact_sheet.png").stat().st_size > 0
+
+
+def test_a_rerun_continues_instead_of_starting_again(small_run: tuple[Path, Path, int], fixtures_dir: Path) -> None:
+    out, _, _ = small_run
+    before = (out / "videos" / "model" / "talk_retalking_2.mp4").stat().st_mtime_ns
+    timings = json.loads((out / "timings.json").read_text())
+    clips = out.parent / "clips"
+    assert main(["real-clips", str(clips), "--out", str(out), "--set", *SMALL]) == 0
+    assert (out / "videos" / "model" / "talk_retalking_2.mp4").stat().st_mtime_ns == before
+    assert json.loads((out / "timings.json").read_text())["train"] == timings["train"]  # not trained again
+
+
+def test_a_folder_without_a_usable_clip_is_one_sentence(fixtures_dir: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    clips = link(tmp_path / "clips", fixtures_dir, ["mead_sad_crop.mp4", "mead_happy_crop.mp4"])
+    assert main(["real-clips", str(clips), "--out", str(tmp_path / "run"), "--set", *SMALL]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("emodiff: error: No usable clip") and "Traceback" not in err
+    assert "silent" in err and "no sound track" in err
+
+
+def test_real_expression_vectors_carry_the_lips_and_smoothing_takes_them_out(small_run: tuple[Path, Path, int]) -> None:
+    """The finding behind `data.expression_smoothing`: on real faces the landmark expression vector holds the mouth
+    opening of speech (a linear readout recovers it), so a denoiser conditioned on it learns the lips from it and
+    not from the audio, and a constant e_n at sampling shuts the mouth. The 25-frame average leaves little of it."""
+    from emodiff.data.datasets import FrameDataset
+
+    out, _, _ = small_run
+
+    def readout_r2(dataset: FrameDataset) -> float:
+        xs, ys = [], []
+        for c, clip in enumerate(dataset.clips):
+            xs.append(np.asarray(dataset.expression(c)))
+            opening = mouth_opening(np.asarray(clip.landmarks))
+            ys.append(opening - opening.mean())
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        x = np.c_[x - x.mean(0), np.ones(len(x))]
+        fit = x @ np.linalg.lstsq(x, y, rcond=None)[0]
+        return 1 - np.sum((y - fit) ** 2) / np.sum(y ** 2)
+
+    raw = readout_r2(FrameDataset(out / "store_train"))
+    smoothed = readout_r2(FrameDataset(out / "store_train", expression_smoothing=25))
+    assert raw > 0.8, raw
+    assert smoothed < raw - 0.4, (raw, smoothed)
+
+
+def test_mouth_correlation_follows_the_opening_and_scores_a_still_mouth_zero() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(68, 2)) * 10
+    base[36], base[45] = (-20, 0), (20, 0)
+    opening = np.sin(np.linspace(0, 12, 60))
+    frames = np.repeat(base[None], 60, 0)
+    frames[:, [65, 66, 67], 1] += 5 + 4 * opening[:, None]
+    assert mouth_opening(frames)[0] > 0
+    assert mouth_correlation(frames, frames) == pytest.approx(1.0)
+    reversed_mouth = frames.copy()
+    reversed_mouth[:, [65, 66, 67], 1] = frames[::-1, [65, 66, 67], 1]
+    assert mouth_correlation(frames, reversed_mouth) < 0.5
+    assert mouth_correlation(frames, np.repeat(frames[:1], 60, 0)) == 0.0
+
+
+def test_v_prediction_loss_is_zero_at_the_true_v_and_implies_the_true_noise() -> None:
+    diffusion = GaussianDiffusion(make_betas("linear", 1000))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 3, 8, 8, generator=g) * 2 - 1, torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
+    x_t = diffusion.q_sample(x0, t, noise)
+    v = diffusion.v_target(x0, t, noise)
+    torch.testing.assert_close(diffusion.eps_from_v(x_t, t, v), noise, atol=1e-4, rtol=1e-4)
+    out = torch.cat([v, torch.zeros_like(v)], 1)
+    losses = diffusion.training_losses(out, x0, x_t, t, noise, mouth_mask=torch.ones(4, 1, 8, 8), lambda_lip=1.0,
+                                       min_snr_gamma=5, prediction_type="v_prediction")
+    assert losses["simple"].abs().max() < 1e-8 and losses["lip"].abs().max() < 1e-8
+    wrong = diffusion.training_losses(torch.cat([noise, torch.zeros_like(v)], 1), x0, x_t, t, noise,
+                                      prediction_type="v_prediction")
+    assert (wrong["simple"][1:] > 1e-3).all()  # ε is not v once x_0 counts
