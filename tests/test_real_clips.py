@@ -49,8 +49,13 @@ def test_the_command_writes_the_self_reenactment_report_with_sane_baselines(smal
     # A still face has no mouth motion to correlate; the delayed copy is right motion at the wrong time.
     assert metrics["still"]["mouth_r"] == 0.0
     assert abs(metrics["delayed"]["mouth_r"]) < 0.9
-    for run in ("model", "still", "delayed"):
+    for run in ("still", "delayed"):
         assert {"psnr", "ssim", "m_lmd", "f_lmd", "mouth_r", "psnr_drift"} <= set(metrics[run])
+    # The model of 20 steps paints no face the landmark detector finds: its frames are scored all the same, and
+    # the landmark metrics say why they are missing.
+    assert {"psnr", "ssim", "psnr_drift"} <= set(metrics["model"])
+    no_face = report["extras"]["model"].get("not_computed", {}).get("mouth_r", {})
+    assert "mouth_r" in metrics["model"] or len(no_face) == 2
     # Only the held-out quarter is scored: the held-out real videos are a quarter of each clip.
     for name in ("hdtf_radio2_000", "talk_retalking_2"):
         train, heldout = (probe(out / "split" / part / f"{name}.mp4").n_frames for part in ("train", "heldout"))

@@ -81,6 +81,7 @@ class Video:
     landmarks: np.ndarray | None = None
     mesh: np.ndarray | None = None  # dense face mesh of the detection (source pixels), for `landmarks` vectors
     identity: str | None = None
+    landmarks_error: str | None = None  # why a pre-aligned video has no landmarks (no face found in enough frames)
 
     @property
     def identity_key(self) -> str | None:
@@ -157,7 +158,7 @@ def load_video(path: Path, fps: float, size: int, aligned: bool, landmarks: str 
     if landmarks is None and not aligned:
         raise EmodiffError("Aligning videos needs a landmark backend; use --aligned for face crops.")
     try:
-        frames, points, mesh = _aligned_frames(path, fps, size, aligned, landmarks)
+        frames, points, mesh, landmarks_error = _aligned_frames(path, fps, size, aligned, landmarks)
     except EmodiffError as err:
         raise UnusableVideo(str(err)) from err
     try:
@@ -168,23 +169,31 @@ def load_video(path: Path, fps: float, size: int, aligned: bool, landmarks: str 
     if points is not None:
         sidecar.setdefault("landmarks", points.astype(np.float32))
         sidecar["mesh"] = mesh
-    return make_video(frames, fps, audio, sidecar)
+    video = make_video(frames, fps, audio, sidecar)
+    video.landmarks_error = landmarks_error
+    return video
 
 
-def _aligned_frames(path: Path, fps: float, size: int, aligned: bool,
-                    landmarks: str | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Crops (T, size, size, 3), their iBUG-68 landmarks (crop pixels) and the detection's mesh (see load_video)."""
+def _aligned_frames(path: Path, fps: float, size: int, aligned: bool, landmarks: str | None
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, str | None]:
+    """Crops (T, size, size, 3), their iBUG-68 landmarks (crop pixels), the detection's mesh and, for a pre-aligned
+    video whose face is not found, why it has no landmarks (its frames still count; see load_video)."""
     from emodiff.data import align
     from emodiff.data.media import read_video
     from emodiff.data.prepare import PrepareSettings, crop_frames, detect_faces
 
-    points = mesh = None
+    points = mesh = error = None
     if landmarks is not None:
-        points, mesh, _ = detect_faces(path, PrepareSettings(size=size, fps=fps, landmarks=landmarks))
+        try:
+            points, mesh, _ = detect_faces(path, PrepareSettings(size=size, fps=fps, landmarks=landmarks))
+        except EmodiffError as err:
+            if not aligned:
+                raise
+            error = str(err)
     if not aligned:
         boxes = align.smooth_boxes(points)
         frames = crop_frames(path, boxes, PrepareSettings(size=size, fps=fps))
-        return frames, np.stack([align.to_crop_coords(p, b, size) for p, b in zip(points, boxes)]), mesh
+        return frames, np.stack([align.to_crop_coords(p, b, size) for p, b in zip(points, boxes)]), mesh, None
     frames, source_hw = [], (size, size)
     for frame in read_video(path, fps):
         source_hw = frame.shape[:2]
@@ -193,7 +202,7 @@ def _aligned_frames(path: Path, fps: float, size: int, aligned: bool,
         raise EmodiffError(f"{path} has no frames.")
     if points is not None:  # source pixels (x, y) → resized crop pixels
         points = points * (size / np.array([source_hw[1], source_hw[0]], dtype=np.float64))
-    return np.stack(frames), points, mesh
+    return np.stack(frames), points, mesh, error
 
 
 def video_paths(folder: Path) -> dict[str, Path]:
@@ -354,7 +363,7 @@ class RunEvaluator:
             values["psnr_drift"] = float(np.mean([quality.psnr_drift(*_common_frames(r.frames, g.frames),
                                                                      max(1, round(g.fps))) for r, g in pairs]))
             self._lpips(pairs, values)
-            self._lmd(pairs, values)
+            self._lmd(videos, values, extras)
             self._csim(pairs, values)
         else:
             for key in ("psnr", "ssim", "psnr_drift", "lpips", "m_lmd", "f_lmd", "mouth_r", "csim"):
@@ -376,9 +385,17 @@ class RunEvaluator:
         values["lpips"] = float(np.concatenate([self.weights.lpips.frames_distance(*_common_frames(r.frames, g.frames))
                                                 for r, g in pairs]).mean())
 
-    def _lmd(self, pairs: list[tuple[Video, Video]], values: dict[str, float]) -> None:
-        with_lms = [_common_frames(r.landmarks, g.landmarks) for r, g in pairs
+    def _lmd(self, videos: dict[str, Video], values: dict[str, float], extras: dict) -> None:
+        named = [(n, self.reference[n], videos[n]) for n in sorted(videos) if n in self.reference]
+        with_lms = [_common_frames(r.landmarks, g.landmarks) for _, r, g in named
                     if r.landmarks is not None and g.landmarks is not None]
+        no_face = {n: g.landmarks_error or r.landmarks_error for n, r, g in named if g.landmarks_error or r.landmarks_error}
+        for metric in ("m_lmd", "f_lmd", "mouth_r") if no_face else ():
+            extras.setdefault("not_computed", {})[metric] = dict(no_face)
+        if no_face and not with_lms:
+            for metric in ("m_lmd", "f_lmd", "mouth_r"):
+                self.skip(metric, "no face was found in the videos' frames")
+            return
         if not with_lms:
             reason = "no landmarks for both the reference and the run (--landmarks none, no <name>.landmarks.npy)"
             self.skip("m_lmd", reason)
