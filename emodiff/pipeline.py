@@ -1,6 +1,6 @@
 """`EmoDiffPipeline`: identity image + speech + emotion + intensity schedule → talking-head frames (paper §3.4).
 
-Inference as in EMOdiffhead §3.4 / DESIGN §5.4: the identity image is aligned with the prepare code, the
+Inference as in EMOdiffhead §3.4 / docs/design.md §5.4: the identity image is aligned with the prepare code, the
 ReferenceNet features of the identity are computed **once** per video, and the frames are generated
 autoregressively — frame i is denoised from x_T with the motion frames x^(i−2), x^(i−1) set to the two previous
 outputs (the identity image before the first frame), the audio window a^(i−n..i+n) and the expression window
