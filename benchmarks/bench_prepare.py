@@ -4,7 +4,7 @@
     (default videos: the four clips in $EMODIFF_FIXTURES)
 
 Prints prepare speed per worker as (frames/s) ÷ (source fps) — above 1 means one core prepares
-faster than real time (DESIGN §9) — split into the phases recorded in meta.json, and the
+faster than real time (docs/design.md §9) — split into the phases recorded in meta.json, and the
 FrameDataset throughput in samples/s on the store it made.
 """
 

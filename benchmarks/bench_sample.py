@@ -1,4 +1,4 @@
-"""Sampling benchmark (DESIGN §9), printed as ratios from one run:
+"""Sampling benchmark (docs/design.md §9), printed as ratios from one run:
 
 1. overhead: sampling time per frame ÷ (steps × one denoiser forward)   goal ≤ 1.10
 2. ReferenceNet invocations per video                                   must be 1

@@ -1,4 +1,4 @@
-"""Denoiser training speed (DESIGN §9): samples/s per config, loader throughput ÷ step rate (goal ≥ 5),
+"""Denoiser training speed (docs/design.md §9): samples/s per config, loader throughput ÷ step rate (goal ≥ 5),
 the share of the step spent in the ReferenceNet, and the FLOPs of a step (forward + backward of the denoiser and
 the ReferenceNet, counted) per second against the device's peak.
 

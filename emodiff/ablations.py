@@ -1,4 +1,4 @@
-"""The papers' ablation tables, trained and scored on the synthetic world (DESIGN §11).
+"""The papers' ablation tables, trained and scored on the synthetic world (docs/design.md §11).
 
     emodiff ablate table2|table3|table4 --base RUN --out DIR [--report DIR] [--budget quick|finetune] [--set key=value ...]
 

@@ -1,4 +1,4 @@
-"""The `emodiff` command line: one subcommand per stage (DESIGN §1).
+"""The `emodiff` command line: one subcommand per stage (docs/design.md §1).
 
 Each command lives in its own module, which provides `add_arguments(parser)` and `run(args)`;
 the module docstring's first line is the command's help. Only the module of the command being run is

@@ -3,7 +3,7 @@
     emodiff demo [--out DIR] [--checkpoint DIR] [--steps N] [--seed S] [--cfg-exp S]
                  [--precision bf16] [--channels-last] [--compile] [--attention sdpa|xformers]
 
-A face the demo pipeline never saw in training (an identity of the synthetic world, DESIGN §11, rendered
+A face the demo pipeline never saw in training (an identity of the synthetic world, docs/design.md §11, rendered
 with the world seed and size recorded in the pipeline folder's `synthetic_world.json`) speaks synthetic
 speech (`SyntheticWorld.speech`, louder and higher when k is higher) for four seconds while the emotion
 changes from happy to surprised and the intensity k follows key frames. The frames come from the

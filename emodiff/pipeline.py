@@ -1,6 +1,6 @@
 """`EmoDiffPipeline`: identity image + speech + emotion + intensity schedule → talking-head frames (paper §3.4).
 
-Inference as in EMOdiffhead §3.4 / DESIGN §5.4: the identity image is aligned with the prepare code, the
+Inference as in EMOdiffhead §3.4 / docs/design.md §5.4: the identity image is aligned with the prepare code, the
 ReferenceNet features of the identity are computed **once** per video, and the frames are generated
 autoregressively — frame i is denoised from x_T with the motion frames x^(i−2), x^(i−1) set to the two previous
 outputs (the identity image before the first frame), the audio window a^(i−n..i+n) and the expression window
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,6 +26,10 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
+from huggingface_hub.utils import validate_repo_id
 from tqdm.auto import tqdm
 
 from emodiff import __version__
@@ -46,6 +51,54 @@ OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_res
 SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model", "motion_noise", "steps")
 DEFAULT_STEPS = 25  # DDIM steps per frame of a pipeline that names none (a distilled one names its own)
 _LOADABLE_PACKAGE = "emodiff."  # model_index.json may only name classes of this package
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE read when called (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _is_hub_id(name: str) -> bool:
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def pipeline_folder(name_or_path: str | Path, revision: str | None = None, cache_dir: str | Path | None = None,
+                    local_files_only: bool | None = None) -> Path:
+    """The local folder of a pipeline: `name_or_path` itself when it exists or cannot be a Hub id, otherwise the
+    snapshot of the Hugging Face Hub repo `name_or_path` ("org/name"), taken from the Hub cache or downloaded into
+    it by `snapshot_download` (docs/design.md §5.4). `local_files_only` None follows HF_HUB_OFFLINE."""
+    path = Path(name_or_path)
+    repo_id = str(name_or_path)
+    if path.exists() or not _is_hub_id(repo_id):
+        return path
+    offline = _hub_offline() if local_files_only is None else local_files_only
+    where = repo_id + (f" at revision {revision}" if revision else "")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline,
+                                      library_name="emodiff", library_version=__version__))
+    except LocalEntryNotFoundError as err:
+        reason = ("Hub downloads are off (HF_HUB_OFFLINE or local_files_only)" if offline
+                  else "the Hugging Face Hub could not be reached")
+        options = (f" --revision {revision}" if revision else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
+        raise EmodiffError(f"{where} is neither a local folder nor a pipeline in the Hugging Face cache, and {reason}: "
+                           f"download it on a connected machine (`hf download {repo_id}{options}`) or pass the local "
+                           "folder of a pipeline.") from err
+    except (GatedRepoError, RepositoryNotFoundError) as err:
+        raise EmodiffError(f"{repo_id} is neither a local folder nor a Hugging Face Hub repo you can read (a private "
+                           "or gated repo needs `hf auth login` or HF_TOKEN).") from err
+    except RevisionNotFoundError as err:
+        raise EmodiffError(f"The Hugging Face Hub repo {repo_id} has no revision {revision}.") from err
+    except OSError as err:
+        raise EmodiffError(f"Cannot download {where} from the Hugging Face Hub: {first_line(err)}") from err
 
 
 class ExpressionReference(ModelMixin, ConfigMixin):
@@ -137,8 +190,11 @@ class EmoDiffPipeline:
     def components(self) -> dict[str, object | None]:
         return {name: getattr(self, name) for name in COMPONENTS}
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write `model_index.json` and one `save_pretrained` subfolder per present component."""
+    def save_pretrained(self, directory: str | Path, push_to_hub: bool = False, repo_id: str | None = None,
+                        private: bool | None = None, commit_message: str | None = None) -> None:
+        """Write `model_index.json` and one `save_pretrained` subfolder per present component; with `push_to_hub`,
+        then upload the folder to the Hugging Face Hub repo `repo_id` (default: the folder's name), created when
+        missing (docs/design.md §5.4)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         index: dict[str, object] = {"_class_name": type(self).__name__, "_emodiff_version": __version__, **self.settings}
@@ -151,11 +207,23 @@ class EmoDiffPipeline:
         tmp = directory / "model_index.json.tmp"
         tmp.write_text(json.dumps(index, indent=2))
         tmp.replace(directory / "model_index.json")
+        if push_to_hub:
+            repo_id = repo_id or directory.name
+            try:
+                api = HfApi()
+                repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+                api.upload_folder(repo_id=repo_id, folder_path=directory,
+                                  commit_message=commit_message or "Upload emodiff pipeline")
+            except OSError as err:
+                raise EmodiffError(f"{directory} was saved but not pushed to the Hugging Face Hub repo {repo_id}: "
+                                   f"{first_line(err)}") from err
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "EmoDiffPipeline":
-        """Load a folder written by `save_pretrained`; a missing or broken folder is one clear sentence."""
-        directory = Path(directory)
+    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None,
+                        cache_dir: str | Path | None = None, local_files_only: bool | None = None) -> "EmoDiffPipeline":
+        """Load a folder written by `save_pretrained`, or a Hugging Face Hub id ("org/name") of one through the Hub
+        cache (`pipeline_folder`); a missing or broken pipeline is one clear sentence."""
+        directory = pipeline_folder(name_or_path, revision, cache_dir, local_files_only)
         index_path = directory / "model_index.json"
         if not index_path.is_file():
             raise EmodiffError(f"No emodiff pipeline at {directory}: model_index.json is missing.")
@@ -177,8 +245,7 @@ class EmoDiffPipeline:
                 component_cls = getattr(importlib.import_module(module_name), class_name)
                 components[name] = component_cls.from_pretrained(directory / name)
             except (OSError, ValueError, KeyError, AttributeError, RuntimeError, ImportError, TypeError) as err:
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise EmodiffError(f"Cannot load the {name} of the pipeline at {directory}: {reason}") from err
+                raise EmodiffError(f"Cannot load the {name} of the pipeline at {directory}: {first_line(err)}") from err
         settings = {key: index[key] for key in SETTINGS if key in index}
         if "diffusion" not in settings or "resolution" not in settings:
             raise EmodiffError(f"{index_path} lacks the diffusion and resolution settings of the pipeline.")

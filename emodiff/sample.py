@@ -39,7 +39,7 @@ from emodiff.errors import EmodiffError
 from emodiff.inference import InferenceOptions, add_inference_arguments
 from emodiff.metrics.super_resolution import describe
 from emodiff.models.rrdbnet import RELEASED_WEIGHTS, RRDBNet
-from emodiff.pipeline import SAMPLERS, EmoDiffPipeline, VideoConditions
+from emodiff.pipeline import SAMPLERS, EmoDiffPipeline, VideoConditions, pipeline_folder
 
 SR_SCALES = {"none": None, "x2": 2, "x4": 4}
 JOB_KEYS = ("identity", "audio", "emotion", "intensity", "out")
@@ -56,7 +56,8 @@ class Job:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="pipeline folder written by EmoDiffPipeline.save_pretrained")
+    parser.add_argument("--checkpoint", required=True,
+                        help="pipeline folder written by EmoDiffPipeline.save_pretrained, or its Hugging Face Hub id")
     parser.add_argument("--identity", help="identity image (any face photo; it is aligned like the training data)")
     parser.add_argument("--audio", help="driving speech (wav, mp3, m4a, flac or a video's audio)")
     parser.add_argument("--emotion", help=f"one of {', '.join(EMOTIONS)}, or a timeline like 'happy@0,surprised@2'")
@@ -221,6 +222,7 @@ def load_pipeline(args: argparse.Namespace) -> EmoDiffPipeline:
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    args.checkpoint = pipeline_folder(args.checkpoint)  # a Hub id becomes its cached snapshot
     jobs = read_jobs(args)
     for job in jobs:
         output_paths(job.out)

@@ -1,4 +1,4 @@
-"""Train and evaluate the whole system on the synthetic world, end to end, and write a report (DESIGN §11).
+"""Train and evaluate the whole system on the synthetic world, end to end, and write a report (docs/design.md §11).
 
     emodiff synthetic-run --out runs/synthetic [--config configs/synthetic_run.yaml] [--profile quick]
                           [--set key=value ...]

@@ -1,4 +1,4 @@
-"""End to end in the synthetic world (DESIGN §11): a denoiser trained briefly on CPU obeys k and the audio.
+"""End to end in the synthetic world (docs/design.md §11): a denoiser trained briefly on CPU obeys k and the audio.
 
 A small 16² synthetic store (4 identities: a neutral clip at level 1, as in MEAD, and three happy clips each),
 the expression generator trained on it with `emodiff.train.expression_gan.train` (level 3 and the neutral

@@ -1,4 +1,4 @@
-"""Emotion intensity: the interpolation of eq. 14–15, its inverse, and per-frame schedules of k (DESIGN §5.3).
+"""Emotion intensity: the interpolation of eq. 14–15, its inverse, and per-frame schedules of k (docs/design.md §5.3).
 
 k means the same everywhere: 0 the neutral expression e_n, 1 the emotion's strongest level e_y (the mean
 expression of its strongest MEAD level), in between the linear path e_n + k·(e_y − e_n). `IntensityMeasure`

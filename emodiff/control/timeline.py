@@ -1,4 +1,4 @@
-"""Emotion timelines: the target emotion changes over time, with a short cross-fade (DESIGN §5.3).
+"""Emotion timelines: the target emotion changes over time, with a short cross-fade (docs/design.md §5.3).
 
 Syntax: `EMOTION@SECONDS` items separated by commas, e.g. `"happy@0,surprised@2,sad@3.5"`:
 each emotion starts at its time and lasts until the next one starts (the first one also covers

@@ -1,4 +1,4 @@
-"""Face alignment: square crops centred on the nose tip (EMOdiffhead §4.1, DESIGN §4.3).
+"""Face alignment: square crops centred on the nose tip (EMOdiffhead §4.1, docs/design.md §4.3).
 
 A crop box is (cx, cy, side) in source pixels: centred on the nose tip (iBUG point 30), with a
 side of `CROP_SCALE` × the face extent (the larger side of the 68 points' bounding box). Over a

@@ -1,7 +1,7 @@
-"""Frame-aligned audio features a^(0..N), one row per video frame (DESIGN §4.1, paper §3.2 "Audio Conditioning").
+"""Frame-aligned audio features a^(0..N), one row per video frame (paper §3.2 "Audio Conditioning").
 
-`extract_audio_features(audio16k, fps, kind)` turns 16 kHz mono speech into a (T, F) float32 array
-with exactly T = round(duration × fps) rows, duration = len(audio16k) / 16 000:
+`extract_audio_features(audio16k, fps, kind)` (docs/design.md §4.1) turns 16 kHz mono speech into a (T, F)
+float32 array with exactly T = round(duration × fps) rows, duration = len(audio16k) / 16 000:
 
 - `mel` (default, no weights): log-mel spectrogram, 80 bins, 25 ms Hann window, 10 ms hop (100 Hz),
   computed with `torch.stft` and our own Slaney-style filterbank (the mel scale that is linear

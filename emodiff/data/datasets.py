@@ -1,4 +1,4 @@
-"""PyTorch datasets over a clip store: memory-mapped arrays, no per-frame decoding (DESIGN §3).
+"""PyTorch datasets over a clip store: memory-mapped arrays, no per-frame decoding (docs/design.md §3).
 
 - `FrameDataset`: one sample per video frame, for the denoiser (paper §3.2, eq. 11–13, 16).
 - `SequenceDataset`: fixed-length windows of expression / intensity / audio features, for the

@@ -1,4 +1,4 @@
-"""Expression vectors and pseudo intensity (DESIGN §4.2, §5.3).
+"""Expression vectors and pseudo intensity (docs/design.md §4.2, §5.3).
 
 Extractors plug in by name through `EXPRESSION_EXTRACTORS` ("module:Class"); the options given to
 `make_expression_extractor` go to the class's constructor (`landmarks` takes none; `deca` takes
@@ -145,7 +145,7 @@ def least_expressive_frames(values: np.ndarray, reference: np.ndarray) -> np.nda
 
 
 def raw_intensity(expression: np.ndarray, neutral: np.ndarray) -> np.ndarray:
-    """L_i = Σ_j |e_i,j − e^N_j| (DESIGN §5.3), before the store-wide normalisation."""
+    """L_i = Σ_j |e_i,j − e^N_j| (docs/design.md §5.3), before the store-wide normalisation."""
     return np.abs(expression - neutral).sum(axis=1)
 
 

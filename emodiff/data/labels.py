@@ -1,4 +1,4 @@
-"""Emotion vocabulary and MEAD-style label parsing (DESIGN §3)."""
+"""Emotion vocabulary and MEAD-style label parsing (docs/design.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Face landmark backends behind one interface (DESIGN §4.3).
+"""Face landmark backends behind one interface (docs/design.md §4.3).
 
 A backend turns one RGB image into the faces it sees, each as iBUG-68 points (pixel x, y) and
 a dense 3D mesh (pixel-scaled x, y, z). Backends: `mediapipe` (default; the face mesh model ships

@@ -1,6 +1,6 @@
 """Prepare raw videos into a clip store: aligned face crops, audio, features, landmarks, expressions.
 
-`emodiff prepare SRC... --out STORE` (DESIGN §3-4). SRC are video files or folders searched
+`emodiff prepare SRC... --out STORE` (docs/design.md §3-4). SRC are video files or folders searched
 recursively (mp4, mov, avi, mkv, webm). Two phases:
 
 1. per clip, in parallel worker processes: frames at --fps, landmarks, nose-tip crops (align.py),
@@ -414,7 +414,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the clip store folder (created or resumed)")
     parser.add_argument("--size", type=int, default=128, help="crop size in pixels (128; 256 allowed)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate of the store")
-    parser.add_argument("--audio-features", default="mel", choices=sorted(AUDIO_FEATURES), help="DESIGN §4.1")
+    parser.add_argument("--audio-features", default="mel", choices=sorted(AUDIO_FEATURES), help="docs/design.md §4.1")
     parser.add_argument("--audio-model", help="local folder or hub id of the hubert / wav2vec2 model")
     parser.add_argument("--expression", default="landmarks", choices=sorted(EXPRESSION_EXTRACTORS))
     parser.add_argument("--deca-model", help="DECA's deca_model.tar (for --expression deca)")

@@ -1,4 +1,4 @@
-"""The clip store: the contract between `prepare` and everything else (DESIGN §3).
+"""The clip store: the contract between `prepare` and everything else (docs/design.md §3).
 
 ```
 <store>/manifest.jsonl         one JSON line per processed source; the last line for an id wins
@@ -126,7 +126,7 @@ class Clip:
 
 
 class ClipStore:
-    """A folder of prepared clips plus a manifest (DESIGN §3)."""
+    """A folder of prepared clips plus a manifest (docs/design.md §3)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)

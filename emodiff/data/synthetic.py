@@ -1,4 +1,4 @@
-"""The synthetic world: render procedural talking faces whose truth is known into a clip store (DESIGN §11).
+"""The synthetic world: render procedural talking faces whose truth is known into a clip store (docs/design.md §11).
 
 A `SyntheticWorld` renders cartoon faces at any size with vectorised numpy (anti-aliased
 signed-distance ellipses and curves). Every face is an identity (face shape, skin, hair, eyes,
@@ -294,7 +294,7 @@ def _paint(image: np.ndarray, alpha: np.ndarray, colour) -> None:
 
 
 class SyntheticWorld:
-    """Procedural talking faces, audio and labels, deterministic for a seed (DESIGN §11).
+    """Procedural talking faces, audio and labels, deterministic for a seed (docs/design.md §11).
 
     `size` is the rendered square size in pixels (32–256 intended; 16–512 accepted) and `fps`
     the video frame rate that audio and expression tracks are aligned to.
@@ -613,7 +613,7 @@ def render_origin(path: str | Path) -> dict | None:
 def make_store(root: str | Path, n_identities: int = 8, clips_per_identity: int = 4, n_frames: int = 50,
                size: int = 64, fps: int = 25, emotions: Sequence[str] = EMOTIONS, levels: Sequence[int] = (1, 2, 3),
                seed: int = 0, held_out_identities: int = 0) -> ClipStore:
-    """Render a MEAD-like synthetic clip store (DESIGN §3) with the world's true arrays.
+    """Render a MEAD-like synthetic clip store (docs/design.md §3) with the world's true arrays.
 
     Clip ids follow MEAD's flattened names (`syn003_happy_2_001`). Each clip holds frames, audio.wav,
     audio features, the true landmarks, expression.npy = the 8 true parameters padded with zeros to

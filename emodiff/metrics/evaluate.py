@@ -7,7 +7,7 @@ Folder convention: a run folder holds `<name>.mp4` (frames + audio); videos are 
 reference by `<name>`. Optional sidecars next to a video (a run's own sidecar wins over the reference's):
   `<name>.json`           {"emotion": "happy", "intensity": 0.5 or [per-frame k…], "series": "M003_happy_001"}
                           — videos of one series share identity and audio and differ in intensity (FLIE, LIE);
-  `<name>.expression.npy` (T, D) expression vectors (DESIGN §4.2, `deca` or `landmarks` extractor);
+  `<name>.expression.npy` (T, D) expression vectors (docs/design.md §4.2, `deca` or `landmarks` extractor);
   `<name>.landmarks.npy`  (T, 68, 2) iBUG-68 landmarks in the evaluation crop's pixels (else detected).
 All videos are resampled to one fps and face-aligned with the crop code of `emodiff prepare` (per-frame
 iBUG-68 landmarks, nose-tip boxes smoothed in time; `--aligned`: already crops, only resized); the same
@@ -740,7 +740,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--landmarks", choices=["mediapipe", "fan", "none"], default="mediapipe",
                         help="Landmark backend for alignment and M/F-LMD (`none`: skip detection; needs --aligned).")
     parser.add_argument("--expression", choices=["landmarks", "deca", "none"], default="landmarks",
-                        help="Expression vectors for FLIE, Intensity-L2, Beat Align, Diversity (DESIGN §4.2); "
+                        help="Expression vectors for FLIE, Intensity-L2, Beat Align, Diversity (docs/design.md §4.2); "
                              "<name>.expression.npy sidecars win. `deca` needs --deca-model and --flame-model.")
     parser.add_argument("--deca-model", help="DECA's deca_model.tar (for --expression deca).")
     parser.add_argument("--flame-model", help="FLAME's generic_model.pkl (for --expression deca).")

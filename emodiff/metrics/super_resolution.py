@@ -1,5 +1,5 @@
 """Measures of a super-resolution stage: quality against the true high-resolution frames and temporal
-consistency (DESIGN §5.4; EMOdiffhead's last step upscales the 128² frames).
+consistency (docs/design.md §5.4; EMOdiffhead's last step upscales the 128² frames).
 
 - `bicubic`: the baseline every learned upscaler must beat (antialiased bicubic, images in [-1, 1]).
 - `flicker`: mean absolute frame-to-frame change of a video, in 0–255 grey levels; an upscaler that adds

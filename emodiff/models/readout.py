@@ -1,4 +1,4 @@
-"""The synthetic world's readout network: its DECA, emotion classifier and lip meter (DESIGN §11).
+"""The synthetic world's readout network: its DECA, emotion classifier and lip meter (docs/design.md §11).
 
 `ExpressionReadout` maps a face image of the synthetic world (`emodiff.data.synthetic`) to the eight
 true expression parameters (`EXPRESSION_PARAMS`; the first, mouth_open, is the lip-sync channel)

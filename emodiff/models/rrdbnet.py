@@ -1,4 +1,4 @@
-"""RRDBNet, the ESRGAN / Real-ESRGAN generator, used as the optional super-resolution stage (DESIGN §5.4).
+"""RRDBNet, the ESRGAN / Real-ESRGAN generator, used as the optional super-resolution stage (docs/design.md §5.4).
 
 Written from the ESRGAN paper (Wang et al. 2018: residual-in-residual dense blocks, residual scaling 0.2,
 nearest-neighbour ×2 upsampling twice) and from the key layout of basicsr's checkpoints, so that the

@@ -266,7 +266,7 @@ class DenoisingUNet(ModelMixin, ConfigMixin):
     expression condition and ReferenceNet identity features.
 
     Audio and expression embeddings are replaced by learned null embeddings where `audio_keep` /
-    `expression_keep` is False (classifier-free guidance, DESIGN §5.1). With `motion_noise_conditioning`
+    `expression_keep` is False (classifier-free guidance, docs/design.md §5.1). With `motion_noise_conditioning`
     the motion frames may arrive noised to a level s (a diffusion timestep, `GaussianDiffusion.q_sample`) and
     s is embedded like t and added to t's embedding: the conditioning augmentation of cascaded diffusion
     models (Ho et al. 2021, §3.2), which keeps the grain of generated motion frames from accumulating.

@@ -1,4 +1,4 @@
-"""Train the synthetic world's readout network on faces rendered on the fly (DESIGN §11).
+"""Train the synthetic world's readout network on faces rendered on the fly (docs/design.md §11).
 
     emodiff train readout [--config configs/readout.yaml] [--output-dir DIR] [--resume latest] [--set key=value ...]
     accelerate launch -m emodiff.train.readout --config configs/readout.yaml

@@ -1,11 +1,11 @@
-"""Train or fine-tune the super-resolution stage (RRDBNet ×2/×4, DESIGN §5.4) on synthetic renders or a clip store.
+"""Train or fine-tune the super-resolution stage (RRDBNet ×2/×4, docs/design.md §5.4) on world renders or a store.
 
     emodiff train super-resolution [--config configs/super_resolution.yaml] [--store STORE] [--output-dir DIR]
                                    [--resume latest] [--set key=value ...]
     accelerate launch -m emodiff.train.super_resolution --config configs/super_resolution.yaml
 
 Pairs (low-resolution input, high-resolution truth):
-- `data.source: world` — the synthetic world (DESIGN §11) renders every face twice, at the pipeline's size
+- `data.source: world` — the synthetic world (docs/design.md §11) renders every face twice, at the pipeline's size
   (hr_size / scale, the frames the denoiser makes) and at hr_size: exact truth, fresh identities and
   expressions every batch (`emodiff.train.readout.RenderedFaces`).
 - `data.source: store` — the frames of a clip store are the truth and their area-downsampled copies the input.

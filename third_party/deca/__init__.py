@@ -2,7 +2,7 @@
 
 Loads the user's official files (DECA's `deca_model.tar`, FLAME 2020 `generic_model.pkl`,
 `landmark_embedding.npy`) without chumpy, pytorch3d or torchvision, and without running
-pickled code. See DESIGN §6.
+pickled code. See docs/design.md §6.
 """
 
 from third_party.deca.assets import load_flame_model, load_landmark_embedding

@@ -1,4 +1,4 @@
-"""Per-frame FLAME expression ψ from video frames, the paper's expression condition (DESIGN §4.2).
+"""Per-frame FLAME expression ψ from video frames, the paper's expression condition (docs/design.md §4.2).
 
 EMOdiffhead conditions the denoiser on the 50 FLAME expression coefficients DECA regresses from
 each frame. This runs our DECA-compatible coarse encoder on DECA's landmark crop and decodes the
