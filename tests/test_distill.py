@@ -81,7 +81,7 @@ def test_student_pipeline_samples_with_one_forward_per_step_and_its_baked_guidan
     assert pipeline.forwards_per_frame(pipeline.default_steps) == 4
     with pytest.raises(EmodiffError, match="distilled with guidance audio 1 / expression 2 baked in"):
         next(pipeline.sample([video()], cfg_expression=3.0, progress=False))
-    with pytest.raises(EmodiffError, match="no trained variance"):
+    with pytest.raises(EmodiffError, match="predicts v, and emodiff.s ddpm sampler is for ε-prediction"):
         next(pipeline.sample([video()], sampler="ddpm", progress=False))
 
 

@@ -143,4 +143,4 @@ def test_v_prediction_loss_is_zero_at_the_true_v_and_implies_the_true_noise() ->
     assert losses["simple"].abs().max() < 1e-8 and losses["lip"].abs().max() < 1e-8
     wrong = diffusion.training_losses(torch.cat([noise, torch.zeros_like(v)], 1), x0, x_t, t, noise,
                                       prediction_type="v_prediction")
-    assert (wrong["simple"][1:] > 1e-3).all()  # ε is not v once x_0 counts
+    assert (wrong["simple"][2:] > 0.1).all()  # ε is not v where the noise is large (v → −x_0 at t = T)

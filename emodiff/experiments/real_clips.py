@@ -186,7 +186,7 @@ def summary_markdown(report: dict, config: DictConfig, denoiser: DictConfig, lef
     for run in ("reference", *RUNS):
         values = metrics.get(run, {})
         lines.append(f"| {run} | " + " | ".join("–" if k not in values else f"{values[k]:.3f}" for k, _ in shown) + " |")
-    lines += ["", "Wall time (s, this machine, summed over resumed sittings): "
+    lines += ["", "Wall time (s, this machine; a step killed and resumed counts the sitting that finished it): "
               + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
               f"Denoiser: {denoiser.train.max_steps} steps at batch {denoiser.train.batch_size}, "
               f"{denoiser.data.resolution} px, prediction {denoiser.diffusion.get('prediction_type', 'epsilon')}, "
@@ -202,7 +202,7 @@ def summary_markdown(report: dict, config: DictConfig, denoiser: DictConfig, lef
 
 
 class Timings:
-    """Wall seconds per step, added up over the sittings of a resumed run (RUN/timings.json)."""
+    """Wall seconds per step of the sittings that finished it, added up (RUN/timings.json)."""
 
     def __init__(self, path: Path):
         self.path = path
