@@ -217,7 +217,7 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
                    report_dir: Path | None = None, command: str = "emodiff real-clips") -> dict:
     """Steps 1–6 of the module docstring; returns the evaluation report."""
     from emodiff.assemble import assemble
-    from emodiff.cli import main as cli_main
+    from emodiff.metrics import evaluate
     from emodiff.train import denoiser as denoiser_stage
 
     config, denoiser = load_experiment_config(config_path, overrides)
@@ -266,11 +266,12 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
 
     started = time.perf_counter()
     report_out = out / "report"
-    argv = ["evaluate", "--reference", str(videos / REAL), "--out", str(report_out), "--aligned",
+    argv = ["--reference", str(videos / REAL), "--out", str(report_out), "--aligned",
             "--size", str(config.evaluate.size), "--fps", str(fps), "--expression", "none",
             *[f"--run={run}={videos / run}" for run in RUNS], *config.evaluate.extra]
-    if cli_main(argv) != 0:
-        raise EmodiffError(f"emodiff evaluate could not score the videos in {videos}.")
+    parser = argparse.ArgumentParser(prog="emodiff evaluate")
+    evaluate.add_arguments(parser)
+    evaluate.run(parser.parse_args(argv))
     report = json.loads((report_out / "metrics.json").read_text())
     clip_ids = sorted(p.stem for p in (videos / "model").glob("*.mp4"))
     side_by_side(videos, clip_ids, report_out / "side_by_side.mp4", fps)
