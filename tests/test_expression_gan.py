@@ -81,8 +81,7 @@ TINY = ["--set", "data.window=32", "data.stride=8", "model.generator.hidden=64",
         "train.generator_lr=2e-3", "train.discriminator_lr=1e-3"]
 
 
-def test_generated_sequences_are_recognised_as_their_emotion(tmp_path):
-    torch.set_num_threads(1)
+def test_generated_sequences_are_recognised_as_their_emotion(tmp_path, single_thread):
     store, directions = make_store(tmp_path / "store", clips_per_emotion=6)
     held_out, _ = make_store(tmp_path / "held_out", clips_per_emotion=2, seed=1)
     out = tmp_path / "run"
@@ -124,14 +123,13 @@ def test_generated_sequences_are_recognised_as_their_emotion(tmp_path):
     assert fake[:n].std(dim=0).mean() > 0.02
 
 
-def test_ablations_and_exact_resume(tmp_path):
+def test_ablations_and_exact_resume(tmp_path, single_thread):
     """Each Table 4 setup trains what it says: the local terms exist only with D_l, and the global
     discriminator is a dilated residual TCN or plain convolutions."""
     import json
 
     from safetensors.torch import load_file
 
-    torch.set_num_threads(1)
     make_store(tmp_path / "store", clips_per_emotion=2)
     common = ["--store", str(tmp_path / "store"), *TINY, "train.batch_size=8"]
     for local in (True, False):
