@@ -237,7 +237,7 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
     train_store, heldout_store = ClipStore.open(out / "store_train"), ClipStore.open(out / "store_heldout")
     usable = sorted(set(train_store.clip_ids()) & set(heldout_store.clip_ids()))
     for store in (train_store, heldout_store):
-        for clip_id, entry in store.manifest().items():
+        for entry in store.manifest().values():
             if entry.get("status") == "failed":
                 left_out[entry["source"]] = entry.get("error", "prepare failed")
     if not usable:
