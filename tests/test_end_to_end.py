@@ -43,6 +43,8 @@ from emodiff.train.expression_gan import train as train_expression_gan
 from emodiff.train.readout import DEFAULT_CONFIG as READOUT_CONFIG
 from emodiff.train.readout import train as train_readout
 
+pytestmark = pytest.mark.slow  # trains G, the denoiser (3000 steps) and a readout
+
 SIZE, FPS, N_FRAMES = 16, 25, 50
 SEED = 0
 DENOISER_STEPS, READOUT_STEPS, SAMPLING_STEPS, GENERATOR_STEPS = 3000, 800, 10, 300

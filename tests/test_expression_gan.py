@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 
@@ -81,6 +82,7 @@ TINY = ["--set", "data.window=32", "data.stride=8", "model.generator.hidden=64",
         "train.generator_lr=2e-3", "train.discriminator_lr=1e-3"]
 
 
+@pytest.mark.slow
 def test_generated_sequences_are_recognised_as_their_emotion(tmp_path, single_thread):
     store, directions = make_store(tmp_path / "store", clips_per_emotion=6)
     held_out, _ = make_store(tmp_path / "held_out", clips_per_emotion=2, seed=1)

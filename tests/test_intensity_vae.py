@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from emodiff.cli import main
@@ -54,6 +55,7 @@ TINY = ["--set", "data.window=32", "data.stride=8", "model.hidden=32", "model.n_
         "train.batch_size=8", "train.learning_rate=3e-3", "train.kl_warmup_steps=50"]
 
 
+@pytest.mark.slow
 def test_predictor_learns_intensity_from_audio(tmp_path, capsys, single_thread):
     make_store(tmp_path / "train", 12, seed=0)
     _, test_clips = make_store(tmp_path / "test", 4, seed=1)

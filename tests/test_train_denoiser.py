@@ -105,6 +105,7 @@ def trained(store, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_denoiser_learns_the_disc_world(store, trained):
     """A smoke-level learning test (300 steps: the loss falls, samples beat an untrained UNet). That the denoiser
     follows its conditions rather than copying x^(i-1) is tested on a longer-trained one in test_end_to_end."""
@@ -124,6 +125,7 @@ def test_denoiser_learns_the_disc_world(store, trained):
     assert (out / "logs").is_dir() and any((out / "logs").rglob("events.out.tfevents*"))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_weights(store, tmp_path, capsys):
     steps, half = 16, 8
     settings = ["train.checkpoint_every=8", "train.validate_every=1000", "train.keep_checkpoints=5"]
@@ -276,6 +278,7 @@ def test_motion_drop_feeds_the_identity_frame_as_both_motion_frames(store):
 
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_trained_weights_with_the_fresh_modules_new(store, trained, tmp_path, capsys):
     """init.weights copies a trained denoiser into the new run (learning rate 0: nothing moves after), except the
     init.fresh prefixes, which keep a new initialisation; an architecture that does not match is one sentence."""
