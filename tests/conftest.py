@@ -17,6 +17,7 @@ from emodiff.data.audio_features import extract_audio_features
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.store import SAMPLE_RATE, ClipStore
 from emodiff.data.synthetic import WORLD_FILE
+from emodiff.train.common import CONFIG_DIR, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,7 @@ def write_tiny_pipeline(folder: Path, size: int = 16, fps: int = 25, world: dict
     from emodiff.models.unet import DenoisingUNet
     from emodiff.pipeline import EmoDiffPipeline, ExpressionReference
 
-    config = OmegaConf.load(ROOT / "configs" / "denoiser_tiny.yaml")
+    config = load_config(CONFIG_DIR / "denoiser_tiny.yaml")
     audio_dim = extract_audio_features(np.zeros(SAMPLE_RATE, np.float32), fps).shape[1]
     unet = DenoisingUNet(sample_size=size, window=config.data.window, audio_dim=audio_dim, expression_dim=50,
                          **OmegaConf.to_container(config.unet))

@@ -65,3 +65,13 @@ def test_known_keys_override_and_the_result_stays_open():
     assert merge_overrides(config, {"train": {"max_steps": 3}}).train.max_steps == 3
     with pytest.raises(EmodiffError, match="^Unknown config key 'train.max_step'"):
         merge_overrides(config, {"train": {"max_step": 3}})
+
+
+def test_a_config_can_be_overrides_of_a_base(tmp_path):
+    """denoiser_tiny.yaml holds only what differs from denoiser_base.yaml; loaded, it has every key of the base."""
+    tiny, base = load_config(CONFIG_DIR / "denoiser_tiny.yaml"), load_config(CONFIG_DIR / "denoiser_base.yaml")
+    assert list(tiny) == list(base) and all(list(tiny[key]) == list(base[key]) for key in base if key in ("data", "train"))
+    assert (tiny.data.resolution, tiny.unet.base_channels, tiny.data.window) == (16, 16, base.data.window)
+    (tmp_path / "misspelt.yaml").write_text(f"base: {CONFIG_DIR / 'denoiser_base.yaml'}\ntrain: {{max_step: 3}}\n")
+    with pytest.raises(EmodiffError, match="^Unknown config key 'train.max_step'; valid keys in train: "):
+        load_config(tmp_path / "misspelt.yaml")

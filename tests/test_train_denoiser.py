@@ -26,6 +26,7 @@ from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
 from emodiff.pipeline import VideoConditions
+from emodiff.train.common import load_config
 from emodiff.train.denoiser import compute_losses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +243,7 @@ def test_renorm_encoder_adds_the_norm_loss(store, tmp_path):
     assert train_cli(store, out, 30, "unet.expression_encoder=renorm", "train.log_every=1", "train.checkpoint_every=30",
                      "train.validate_every=1000") == 0
     log = read_log(out)
-    d = OmegaConf.load(TINY).diffusion
+    d = load_config(TINY).diffusion
     assert d.lambda_norm == 0.1  # the framewise intensity paper's λ_norm
     weights = {"vlb": d.lambda_vlb, "lip": d.lambda_lip, "eye": d.lambda_eye, "norm": d.lambda_norm}
     for entry in log:
@@ -255,7 +256,7 @@ def test_renorm_encoder_adds_the_norm_loss(store, tmp_path):
 
 def test_motion_drop_feeds_the_identity_frame_as_both_motion_frames(store):
     """train.motion_drop = 1 gives the UNet exactly the inputs of the first sampled frame: x^(i−2) = x^(i−1) = x_id."""
-    config = OmegaConf.load(TINY)
+    config = load_config(TINY)
     dataset = FrameDataset(store, resolution=SIZE)
     batch = {k: torch.stack([dataset[i][k] for i in (3, 7, 30)]) for k in dataset[0]}
     dropped = {**batch, "motion": batch["identity"].repeat(1, 2, 1, 1)}

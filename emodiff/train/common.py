@@ -85,11 +85,15 @@ def merge_overrides(base: DictConfig, overrides: DictConfig | dict[str, Any]) ->
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The YAML config at `path` with `key=value` overrides of its keys applied."""
+    """The YAML config at `path` with `key=value` overrides of its keys applied. A top-level `base: FILE` (relative to
+    the config's folder) makes the config a set of overrides of that one."""
     if not Path(path).is_file():
         raise EmodiffError(f"Config file {path} does not exist.")
+    config = OmegaConf.load(path)
+    if "base" in config:
+        config = merge_overrides(load_config(Path(path).parent / config.pop("base")), config)
     try:
-        return merge_overrides(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+        return merge_overrides(config, OmegaConf.from_dotlist(list(overrides)))
     except EmodiffError:
         raise
     except Exception as err:  # omegaconf raises several error types for one bad override
