@@ -39,12 +39,13 @@ from emodiff.models.reference_net import ReferenceNet  # noqa: E402
 from emodiff.models.unet import DenoisingUNet  # noqa: E402
 from emodiff.pipeline import EmoDiffPipeline, ExpressionReference, VideoConditions  # noqa: E402
 from emodiff.data.datasets import to_uint8  # noqa: E402
+from emodiff.train.common import load_config  # noqa: E402
 
 PARTS = ("overhead", "memory", "batch", "streams", "diffusers")
 
 
 def build_pipeline(config_path: str, resolution: int, device: torch.device) -> EmoDiffPipeline:
-    config = OmegaConf.load(config_path)
+    config = load_config(config_path)
     unet = DenoisingUNet(sample_size=resolution, window=config.data.window, **OmegaConf.to_container(config.unet))
     return EmoDiffPipeline(unet.eval(), ReferenceNet.matching(unet).eval(), ExpressionReference(unet.config.expression_dim),
                            diffusion=OmegaConf.to_container(config.diffusion), resolution=resolution,

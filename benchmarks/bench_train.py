@@ -108,7 +108,7 @@ def main() -> None:
             diffusion = GaussianDiffusion.from_config(config.diffusion)
             batch = {key: value.to(device) for key, value in next(iter(DataLoader(dataset, batch_size=batch_size,
                                                                                    shuffle=True))).items()}
-            step_flops = count_flops(lambda: backward_step(batch, unet, reference_net, diffusion, config, "fp32"))
+            step_flops = count_flops(lambda: backward_step(batch, unet, reference_net, diffusion, config, "fp32"))  # noqa: B023 (called at once)
             optimizer.zero_grad(set_to_none=True)
             reset_peak_memory(device)
             full = step_seconds(batch, unet, reference_net, diffusion, config, optimizer, args.steps, reference=True,

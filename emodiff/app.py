@@ -167,7 +167,7 @@ def build_app(pipeline: Any, checkpoint: Path, work_dir: Path, concurrency: int 
 
         def sample(face_path, speech_path, timeline_rows, fade, mode_name, k, key_rows, interp, scale_, low, high,
                    smooth, sampler_name, n_steps, guidance_audio, guidance_exp, seed_value, request: gr.Request,
-                   progress=gr.Progress()) -> Iterator[dict]:
+                   progress=gr.Progress()) -> Iterator[dict]:  # noqa: B008 (Gradio injects the tracker so)
             session = request.session_hash
             try:
                 if cancellations.is_cancelled(session):

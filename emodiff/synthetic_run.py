@@ -50,7 +50,7 @@ from emodiff.metrics.quality import psnr, ssim
 from emodiff.models.readout import ExpressionReadout
 from emodiff.pipeline import EmoDiffPipeline, VideoConditions
 from emodiff.train import denoiser, expression_gan, intensity, readout
-from emodiff.train.common import CONFIG_DIR, load_config
+from emodiff.train.common import CONFIG_DIR, load_config, merge_overrides
 
 DEFAULT_CONFIG = CONFIG_DIR / "synthetic_run.yaml"
 GOALS = {"spearman": 0.9, "spearman_gap": 0.05, "emotion_accuracy": 0.85, "mouth_pearson": 0.7, "psnr": 26.0,
@@ -80,7 +80,7 @@ def run_config(path: str | Path, profile: str | None = None, overrides: list[str
 def stage_config(config: DictConfig, stage: str, store: Path, output_dir: Path) -> DictConfig:
     """A stage's own YAML with the run's overrides, store and output folder."""
     spec = config.stages[stage]
-    merged = OmegaConf.merge(load_config(CONFIG_DIR / spec.config), spec.get("overrides", {}))
+    merged = merge_overrides(load_config(CONFIG_DIR / spec.config), spec.get("overrides", {}))
     merged.output_dir, merged.seed = str(output_dir), config.seed
     if "data" in merged:
         merged.data.store = str(store)

@@ -1,21 +1,45 @@
-"""Shared test helpers: the real-media fixtures folder, a tiny clip store and a tiny untrained pipeline."""
+"""Shared test helpers: the real-media fixtures folder, a tiny clip store and a tiny untrained pipeline; the guard
+that fails a test leaving torch's thread count changed, and the `single_thread` fixture that sets and restores it."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from emodiff.data.audio_features import extract_audio_features
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.store import SAMPLE_RATE, ClipStore
 from emodiff.data.synthetic import WORLD_FILE
+from emodiff.train.common import CONFIG_DIR, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged() -> Iterator[None]:
+    """Fail a test that leaves torch's thread count changed (and restore it), so no test depends on the ones before."""
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"the test left torch's thread count at {after} (was {before}); use the single_thread fixture")
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    """torch on one thread for the test (small models train faster so), the thread count restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +80,7 @@ def write_tiny_pipeline(folder: Path, size: int = 16, fps: int = 25, world: dict
     from emodiff.models.unet import DenoisingUNet
     from emodiff.pipeline import EmoDiffPipeline, ExpressionReference
 
-    config = OmegaConf.load(ROOT / "configs" / "denoiser_tiny.yaml")
+    config = load_config(CONFIG_DIR / "denoiser_tiny.yaml")
     audio_dim = extract_audio_features(np.zeros(SAMPLE_RATE, np.float32), fps).shape[1]
     unet = DenoisingUNet(sample_size=size, window=config.data.window, audio_dim=audio_dim, expression_dim=50,
                          **OmegaConf.to_container(config.unet))

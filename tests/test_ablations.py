@@ -17,6 +17,8 @@ from emodiff.cli import main as cli_main
 from emodiff.models.unet import DenoisingUNet, ReferenceAttention
 from tests.test_synthetic_run import TINY
 
+pytestmark = pytest.mark.slow  # a synthetic run, then every table's variants trained and scored
+
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):

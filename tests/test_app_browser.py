@@ -25,8 +25,9 @@ from emodiff.errors import EmodiffError  # noqa: E402
 from tests.browser import (CHROMEDRIVER, CHROMIUM, chromium, generate_and_wait, open_page, running_app,  # noqa: E402
                            set_cell, set_steps, text_of, upload, wait_for)
 
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                                 reason="Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")]
 SECONDS, FPS = 1.0, 25
 
 

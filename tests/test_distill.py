@@ -16,6 +16,8 @@ from emodiff.errors import EmodiffError
 from emodiff.pipeline import EmoDiffPipeline, VideoConditions
 from tests.test_train_denoiser import SIZE, TINY, write_disc_store
 
+pytestmark = pytest.mark.slow  # trains a teacher (200 steps) and distils it
+
 AUDIO_DIM, EXP_DIM = 4, 6
 SETTINGS = ["couplings.count=96", "couplings.batch_size=48", "couplings.validation=32", "teacher_sampling.steps=8",
             "teacher_sampling.cfg_expression=2.0", "train.batch_size=16", "train.learning_rate=1e-3",

@@ -37,11 +37,13 @@ from emodiff.models.expression_gan import ExpressionGenerator
 from emodiff.models.readout import ExpressionReadout
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.data.datasets import to_uint8
-from emodiff.train.common import CONFIG_DIR
+from emodiff.train.common import CONFIG_DIR, load_config
 from emodiff.train.denoiser import train as train_denoiser
 from emodiff.train.expression_gan import train as train_expression_gan
 from emodiff.train.readout import DEFAULT_CONFIG as READOUT_CONFIG
 from emodiff.train.readout import train as train_readout
+
+pytestmark = pytest.mark.slow  # trains G, the denoiser (3000 steps) and a readout
 
 SIZE, FPS, N_FRAMES = 16, 25, 50
 SEED = 0
@@ -99,7 +101,7 @@ def train_world(root: Path, seed: int, denoiser_overrides: tuple[str, ...] = ())
     world = SyntheticWorld(seed, SIZE, FPS)
     generator = train_generator(store, root / "expression", seed)  # on the MEAD-like levels, before the jumps
     jump_intensities(store, world, np.random.default_rng(seed))
-    config = OmegaConf.load(CONFIG_DIR / "denoiser_tiny.yaml")
+    config = load_config(CONFIG_DIR / "denoiser_tiny.yaml")
     config.merge_with({"seed": seed, "output_dir": str(root / "denoiser"), "data": {"store": str(store.root)},
                        "train": {"max_steps": DENOISER_STEPS, "learning_rate": LEARNING_RATE, "warmup_steps": WARMUP_STEPS,
                                  "validate_every": DENOISER_STEPS,

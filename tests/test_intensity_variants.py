@@ -12,7 +12,7 @@ from emodiff.errors import EmodiffError
 from emodiff.models.conditioning import build_expression_encoder
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
-from emodiff.train.common import CONFIG_DIR
+from emodiff.train.common import CONFIG_DIR, load_config
 from emodiff.train.denoiser import compute_losses
 
 VARIANTS = ("renorm", "concat", "scaling")
@@ -36,7 +36,7 @@ def random_batch(batch: int = 4) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_trains_denoiser_steps(name):
     torch.manual_seed(0)
-    config = OmegaConf.load(CONFIG_DIR / "denoiser_tiny.yaml")
+    config = load_config(CONFIG_DIR / "denoiser_tiny.yaml")
     unet = DenoisingUNet(sample_size=16, window=2, audio_dim=12, expression_dim=6,
                          **{**OmegaConf.to_container(config.unet), "expression_encoder": name})
     reference_net = ReferenceNet.matching(unet)

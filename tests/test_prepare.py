@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -276,7 +275,12 @@ def test_killed_prepare_resumes_to_the_same_store(prepared, tmp_path, monkeypatc
                                 "--size", str(SIZE), "--workers", "1"], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 300
     while process.poll() is None and not (manifest.exists() and '"extracted"' in manifest.read_text()):
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail("emodiff prepare extracted no clip within 300 s")
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()

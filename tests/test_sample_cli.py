@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 import pytest
 import torch
 
@@ -22,6 +21,7 @@ from emodiff.data.synthetic import WORLD_FILE
 from emodiff.models.intensity_vae import IntensityVAE
 from emodiff.models.rrdbnet import RRDBNet
 from emodiff.pipeline import EmoDiffPipeline
+from emodiff.train.common import load_config
 from emodiff.train.denoiser import train as train_denoiser
 from tests.conftest import write_random_store
 
@@ -36,9 +36,9 @@ def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     store = write_random_store(root / "store", n_clips=8, n_frames=12, size=16,  # every emotion
                                feat_dim=audio_feature_dim("mel", FPS), exp_dim=6)
-    config = OmegaConf.merge(OmegaConf.load(REPO / "configs" / "denoiser_tiny.yaml"), OmegaConf.from_dotlist(
-        ["train.max_steps=3", "train.batch_size=4", "train.checkpoint_every=100", "train.validate_every=1000",
-         f"data.store={store.root}", f"output_dir={root / 'run'}"]))
+    config = load_config(REPO / "configs" / "denoiser_tiny.yaml", [
+        "train.max_steps=3", "train.batch_size=4", "train.checkpoint_every=100", "train.validate_every=1000",
+        f"data.store={store.root}", f"output_dir={root / 'run'}"])
     train_denoiser(config)
     pipeline = EmoDiffPipeline.from_training(root / "run", store)
     pipeline.save_pretrained(root / "pipeline")

@@ -25,6 +25,7 @@ TINY = ["data.hr_size=32", "model.scale=2", "model.num_feat=8", "model.num_block
         "train.batch_size=8", "data.crop=null", "train.num_workers=0", "train.eval_samples=32"]
 
 
+@pytest.mark.slow
 def test_training_on_world_renders_beats_bicubic(tmp_path):
     """16² renders → 32² truth: 400 steps of a tiny RRDBNet beat bicubic on identities of another world seed."""
     out = tmp_path / "run"

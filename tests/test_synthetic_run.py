@@ -30,6 +30,7 @@ def _run(out, overrides=TINY, profile=None) -> int:
                                                 "--set", *overrides]))
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_a_complete_report_and_resumes_without_retraining(tmp_path, capsys):
     out = tmp_path / "run"
     assert _run(out) == 0

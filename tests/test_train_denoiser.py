@@ -26,6 +26,7 @@ from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
 from emodiff.pipeline import VideoConditions
+from emodiff.train.common import load_config
 from emodiff.train.denoiser import compute_losses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +106,7 @@ def trained(store, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_denoiser_learns_the_disc_world(store, trained):
     """A smoke-level learning test (300 steps: the loss falls, samples beat an untrained UNet). That the denoiser
     follows its conditions rather than copying x^(i-1) is tested on a longer-trained one in test_end_to_end."""
@@ -124,6 +126,7 @@ def test_denoiser_learns_the_disc_world(store, trained):
     assert (out / "logs").is_dir() and any((out / "logs").rglob("events.out.tfevents*"))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_gives_identical_weights(store, tmp_path, capsys):
     steps, half = 16, 8
     settings = ["train.checkpoint_every=8", "train.validate_every=1000", "train.keep_checkpoints=5"]
@@ -240,7 +243,7 @@ def test_renorm_encoder_adds_the_norm_loss(store, tmp_path):
     assert train_cli(store, out, 30, "unet.expression_encoder=renorm", "train.log_every=1", "train.checkpoint_every=30",
                      "train.validate_every=1000") == 0
     log = read_log(out)
-    d = OmegaConf.load(TINY).diffusion
+    d = load_config(TINY).diffusion
     assert d.lambda_norm == 0.1  # the framewise intensity paper's λ_norm
     weights = {"vlb": d.lambda_vlb, "lip": d.lambda_lip, "eye": d.lambda_eye, "norm": d.lambda_norm}
     for entry in log:
@@ -253,7 +256,7 @@ def test_renorm_encoder_adds_the_norm_loss(store, tmp_path):
 
 def test_motion_drop_feeds_the_identity_frame_as_both_motion_frames(store):
     """train.motion_drop = 1 gives the UNet exactly the inputs of the first sampled frame: x^(i−2) = x^(i−1) = x_id."""
-    config = OmegaConf.load(TINY)
+    config = load_config(TINY)
     dataset = FrameDataset(store, resolution=SIZE)
     batch = {k: torch.stack([dataset[i][k] for i in (3, 7, 30)]) for k in dataset[0]}
     dropped = {**batch, "motion": batch["identity"].repeat(1, 2, 1, 1)}
@@ -276,6 +279,7 @@ def test_motion_drop_feeds_the_identity_frame_as_both_motion_frames(store):
 
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_trained_weights_with_the_fresh_modules_new(store, trained, tmp_path, capsys):
     """init.weights copies a trained denoiser into the new run (learning rate 0: nothing moves after), except the
     init.fresh prefixes, which keep a new initialisation; an architecture that does not match is one sentence."""

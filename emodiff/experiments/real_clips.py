@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from emodiff.data.audio_features import check_speech
@@ -37,7 +37,7 @@ from emodiff.data.media import VideoWriter, load_audio, probe, read_video
 from emodiff.data.prepare import PrepareSettings, find_sources, prepare
 from emodiff.data.store import SAMPLE_RATE, ClipStore, write_json_atomic
 from emodiff.errors import EmodiffError
-from emodiff.train.common import CONFIG_DIR, load_config
+from emodiff.train.common import CONFIG_DIR, load_config, merge_overrides
 
 RUNS = ("model", "still", "delayed")  # generated and baseline runs, scored against "real"
 REAL = "real"
@@ -50,7 +50,7 @@ def load_experiment_config(path: str | Path, overrides: list[str]) -> tuple[Dict
     config = load_config(path, overrides)
     base = Path(config.denoiser_config)
     denoiser = load_config(base if base.is_file() else CONFIG_DIR / base)
-    return config, OmegaConf.merge(denoiser, config.get("denoiser") or {})
+    return config, merge_overrides(denoiser, config.get("denoiser") or {})
 
 
 def split_clips(inputs: list[str | Path], out: Path, heldout_fraction: float, min_seconds: float,
@@ -237,7 +237,7 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
     train_store, heldout_store = ClipStore.open(out / "store_train"), ClipStore.open(out / "store_heldout")
     usable = sorted(set(train_store.clip_ids()) & set(heldout_store.clip_ids()))
     for store in (train_store, heldout_store):
-        for clip_id, entry in store.manifest().items():
+        for entry in store.manifest().values():
             if entry.get("status") == "failed":
                 left_out[entry["source"]] = entry.get("error", "prepare failed")
     if not usable:

@@ -65,6 +65,7 @@ class LPIPS(nn.Module):
         layers: list[nn.Module] = []
         self.taps: list[int] = []
         channels: list[int] = []
+        last_channels = 3  # RGB
         for spec in TRUNKS[trunk]:
             if spec[0] == "tap":
                 self.taps.append(len(layers) - 1)

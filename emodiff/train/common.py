@@ -1,7 +1,8 @@
 """The training infrastructure every stage shares (denoiser, expression GAN, intensity VAE, emotion classifier).
 
-- `add_training_arguments`, `config_from_args`, `load_config`: a YAML config plus `--set key=value`
-  overrides (OmegaConf) and the flags --store, --output-dir, --max-steps, --resume.
+- `add_training_arguments`, `config_from_args`, `load_config`: a YAML config of `CONFIG_DIR` (or any path) plus
+  `--set key=value` overrides (OmegaConf; `merge_overrides` refuses unknown keys) and the flags --store,
+  --output-dir, --max-steps, --resume.
 - `TrainingRun`: the accelerator (seeded per process), checkpoints `checkpoints/checkpoint-<step>`
   (accelerate `save_state` into a temporary folder renamed when complete, the last K kept, a stage's
   own state as safetensors + JSON), exact resume with `--resume latest` or a checkpoint path (a folder
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -27,6 +29,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -35,7 +38,17 @@ from emodiff.data.datasets import SequenceDataset
 from emodiff.data.store import Clip, ClipStore
 from emodiff.errors import EmodiffError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _config_dir() -> Path:
+    """The stage configs: emodiff/_configs where the package is installed from a wheel (pyproject.toml maps the
+    repository's configs/ there), else configs/ at the top of the source checkout (also under an editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 
@@ -54,12 +67,35 @@ def add_training_arguments(parser: argparse.ArgumentParser, default_config: str)
                         help="override config entries, e.g. train.batch_size=4")
 
 
+def merge_overrides(base: DictConfig, overrides: DictConfig | dict[str, Any]) -> DictConfig:
+    """`overrides` merged onto a copy of `base`; a key that `base` lacks is refused in one sentence naming the valid
+    keys of its section (a misspelt key would otherwise be silently added)."""
+    strict = copy.deepcopy(base)
+    OmegaConf.set_struct(strict, True)
+    try:
+        merged = OmegaConf.merge(strict, overrides)
+    except ConfigKeyError as err:
+        section = err.full_key.rpartition(".")[0]
+        node = OmegaConf.select(base, section) if section else base
+        where = f"in {section}" if section else "at the top level"
+        raise EmodiffError(f"Unknown config key '{err.full_key}'; valid keys {where}: {', '.join(map(str, node))}.") \
+            from None
+    OmegaConf.set_struct(merged, False)
+    return merged
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The YAML config at `path` with `key=value` overrides applied."""
+    """The YAML config at `path` with `key=value` overrides of its keys applied. A top-level `base: FILE` (relative to
+    the config's folder) makes the config a set of overrides of that one."""
     if not Path(path).is_file():
         raise EmodiffError(f"Config file {path} does not exist.")
+    config = OmegaConf.load(path)
+    if "base" in config:
+        config = merge_overrides(load_config(Path(path).parent / config.pop("base")), config)
     try:
-        return OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+        return merge_overrides(config, OmegaConf.from_dotlist(list(overrides)))
+    except EmodiffError:
+        raise
     except Exception as err:  # omegaconf raises several error types for one bad override
         raise EmodiffError(f"Bad config override in {list(overrides)}: {err}.") from None
 

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from tqdm.auto import tqdm
 
 from emodiff.data.datasets import frames_to_tensor
 from emodiff.data.labels import EMOTIONS, NEUTRAL

@@ -301,7 +301,7 @@ def load_landmark_embedding(path: str | os.PathLike) -> LandmarkEmbedding:
             _, _, dtype = read_header(file)
         except ValueError as err:
             raise EmodiffError(f"{path} is not a .npy file ({err})") from None
-        if dtype != object:
+        if dtype != object:  # noqa: E721 (a numpy dtype equals object for pickled content)
             raise EmodiffError(f"{path} holds a plain {dtype} array, not DECA's landmark-embedding dict")
         content = safe_unpickle(file, path)
     if not isinstance(content, dict) or not set(_EMBEDDING_KEYS.values()) <= set(content):
