@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from emodiff.data.audio_features import check_speech
@@ -46,11 +46,18 @@ TIMINGS_FILE = "timings.json"
 
 def load_experiment_config(path: str | Path, overrides: list[str]) -> tuple[DictConfig, DictConfig]:
     """The experiment config with `overrides`, and the denoiser config it makes: `denoiser_config` (a stage config
-    in configs/, or a path) merged with the experiment's `denoiser` entries."""
-    config = load_config(path, overrides)
+    in configs/, or a path) merged with the experiment's `denoiser` entries. An override `denoiser.KEY=VALUE` may name
+    any key of the stage config."""
+    stage = [o.removeprefix("denoiser.") for o in overrides if o.startswith("denoiser.")]
+    config = load_config(path, [o for o in overrides if not o.startswith("denoiser.")])
     base = Path(config.denoiser_config)
     denoiser = load_config(base if base.is_file() else CONFIG_DIR / base)
-    return config, merge_overrides(denoiser, config.get("denoiser") or {})
+    denoiser = merge_overrides(denoiser, config.get("denoiser") or {})
+    try:
+        stage_overrides = OmegaConf.from_dotlist(stage)
+    except Exception as err:  # omegaconf raises several error types for one bad override
+        raise EmodiffError(f"Bad config override in {stage}: {err}.") from None
+    return config, merge_overrides(denoiser, stage_overrides)
 
 
 def split_clips(inputs: list[str | Path], out: Path, heldout_fraction: float, min_seconds: float,
