@@ -192,7 +192,7 @@ def summary_markdown(report: dict, config: DictConfig, denoiser: DictConfig, lef
              "| run | " + " | ".join(t for _, t in shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for run in ("reference", *RUNS):
         values = metrics.get(run, {})
-        lines.append(f"| {run} | " + " | ".join("–" if k not in values else f"{values[k]:.3f}" for k, _ in shown) + " |")
+        lines.append(f"| {run} | " + " | ".join(_cell(values.get(k)) for k, _ in shown) + " |")
     lines += ["", "Wall time (s, this machine; a step killed and resumed counts the sitting that finished it): "
               + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
               f"Denoiser: {denoiser.train.max_steps} steps at batch {denoiser.train.batch_size}, "
@@ -206,6 +206,14 @@ def summary_markdown(report: dict, config: DictConfig, denoiser: DictConfig, lef
         lines += ["Clips left out: " + "; ".join(f"{k}: {v}" for k, v in left_out.items()), ""]
     lines += ["Files: metrics.md (every metric), side_by_side.mp4 (real | generated), contact_sheet.png.", ""]
     return "\n".join(lines)
+
+
+def _cell(value: float | str | None) -> str:
+    """A table cell: – for a missing value, ∞ for an infinite one (metrics.json writes it as "inf")."""
+    if value is None:
+        return "–"
+    value = float(value)
+    return "∞" if np.isinf(value) else f"{value:.3f}"
 
 
 class Timings:
@@ -265,9 +273,8 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
 
     started = time.perf_counter()
     videos = out / "videos"
-    heldout = ClipStore(out / "store_heldout")
     with torch.inference_mode():
-        self_reenactment(pipeline_dir, heldout, videos, config.sample.steps, config.sample.sampler, config.seed,
+        self_reenactment(pipeline_dir, heldout_store, videos, config.sample.steps, config.sample.sampler, config.seed,
                          config.delay_seconds)
     timings.add("sample", time.perf_counter() - started)
 
