@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from emodiff.data.audio_features import extract_audio_features
 from emodiff.data.labels import EMOTIONS
-from emodiff.data.store import SAMPLE_RATE, ClipStore
+from emodiff.data.media import SAMPLE_RATE
+from emodiff.data.store import ClipStore
 from emodiff.data.synthetic import WORLD_FILE
 from emodiff.train.common import CONFIG_DIR, load_config
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from emodiff.cli import main as cli_main
 from emodiff.control import ScheduleOptions
-from emodiff.data.media import load_audio, probe, read_video
-from emodiff.data.store import SAMPLE_RATE, write_wav
+from emodiff.data.media import SAMPLE_RATE, load_audio, probe, read_video
+from emodiff.data.store import write_wav
 from emodiff.data.synthetic import SyntheticWorld, render_origin, save_render
 from emodiff.errors import EmodiffError
 from emodiff.pipeline import EmoDiffPipeline

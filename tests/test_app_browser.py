@@ -18,7 +18,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 from emodiff.control.timeline import parse_emotions  # noqa: E402
 from emodiff.data.media import load_audio, probe, read_video  # noqa: E402
-from emodiff.data.store import SAMPLE_RATE, write_wav  # noqa: E402
+from emodiff.data.media import SAMPLE_RATE  # noqa: E402
+from emodiff.data.store import write_wav  # noqa: E402
 from emodiff.data.synthetic import save_render, trained_world, unseen_identities  # noqa: E402
 from emodiff.demo import bundled_checkpoint, demo_world  # noqa: E402
 from emodiff.errors import EmodiffError  # noqa: E402

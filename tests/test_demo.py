@@ -9,8 +9,7 @@ from matplotlib import image as mpimg
 
 from emodiff import demo
 from emodiff.cli import main as cli_main
-from emodiff.data.media import load_audio, probe, read_video
-from emodiff.data.store import SAMPLE_RATE
+from emodiff.data.media import SAMPLE_RATE, load_audio, probe, read_video
 from emodiff.data.synthetic import render_origin
 from tests.conftest import write_tiny_pipeline
 

@@ -8,7 +8,8 @@ import torch
 
 from emodiff.cli import main
 from emodiff.data.audio_features import extract_audio_features
-from emodiff.data.store import SAMPLE_RATE, ClipStore
+from emodiff.data.media import SAMPLE_RATE
+from emodiff.data.store import ClipStore
 from emodiff.models.intensity_vae import IntensityVAE, load_intensity_vae
 
 FPS = 25

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from emodiff import cli
 from emodiff.data.datasets import EYES, MOUTH, FrameDataset, SequenceDataset, region_mask
 from emodiff.data.labels import EMOTIONS
-from emodiff.data.media import load_audio, read_video
-from emodiff.data.store import SAMPLE_RATE, ClipStore, read_wav
+from emodiff.data.media import SAMPLE_RATE, load_audio, read_video
+from emodiff.data.store import ClipStore, read_wav
 from emodiff.data.synthetic import (
     EMOTION_DIRECTIONS, EXPRESSION_DIM, EXPRESSION_PARAMS, MOUTH_OPEN, SyntheticWorld, export_videos, make_store,
 )

@@ -22,9 +22,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from emodiff.data.media import SAMPLE_RATE
 from emodiff.errors import EmodiffError
 
-SAMPLE_RATE = 16_000
 ARRAY_NAMES = ("frames", "audio_feats", "landmarks", "expression", "intensity")
 _DTYPES = {
     "frames": np.uint8,

@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 
 from emodiff.data.audio_features import extract_audio_features
 from emodiff.data.labels import EMOTIONS, NEUTRAL, emotion_index
-from emodiff.data.media import VideoWriter
-from emodiff.data.store import SAMPLE_RATE, ClipStore, save_npy_atomic, write_json_atomic, write_wav
+from emodiff.data.media import SAMPLE_RATE, VideoWriter
+from emodiff.data.store import ClipStore, save_npy_atomic, write_json_atomic, write_wav
 from emodiff.errors import EmodiffError
 
 EXPRESSION_PARAMS: tuple[str, ...] = (

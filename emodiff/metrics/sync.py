@@ -27,9 +27,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from scipy.fft import dct
 from torch import nn
 
+from emodiff.data.media import SAMPLE_RATE
 from emodiff.errors import EmodiffError
 
-SAMPLE_RATE = 16000
 FPS = 25
 MFCC_PER_FRAME = 4  # 100 Hz MFCCs at 25 fps
 WINDOW_FRAMES = 5
