@@ -37,7 +37,8 @@ from emodiff.data.media import VideoWriter  # noqa: E402
 from emodiff.inference import ATTENTION_BACKENDS, PRECISIONS, InferenceOptions, autocast, prepare_modules  # noqa: E402
 from emodiff.models.reference_net import ReferenceNet  # noqa: E402
 from emodiff.models.unet import DenoisingUNet  # noqa: E402
-from emodiff.pipeline import EmoDiffPipeline, ExpressionReference, VideoConditions  # noqa: E402
+from emodiff.models.expression_reference import ExpressionReference  # noqa: E402
+from emodiff.pipeline import EmoDiffPipeline, VideoConditions  # noqa: E402
 from emodiff.data.datasets import to_uint8  # noqa: E402
 from emodiff.train.common import load_config  # noqa: E402
 

@@ -39,7 +39,8 @@ from safetensors.torch import load_file
 from emodiff.assemble import assemble
 from emodiff.control.intensity import IntensityMeasure
 from emodiff.data.labels import EMOTIONS, NEUTRAL
-from emodiff.data.store import ClipStore, write_json_atomic
+from emodiff.data.store import ClipStore
+from emodiff.files import atomic_path, write_json_atomic, write_text_atomic
 from emodiff.data.synthetic import EMOTION_DIRECTIONS, MOUTH_OPEN, SyntheticWorld
 from emodiff.errors import EmodiffError
 from emodiff.metrics.framewise import audio_onset_beats, beat_align, intensity_l2, motion_beats
@@ -291,7 +292,8 @@ def embedding_plot(real: dict[int, np.ndarray], generated: dict[str, np.ndarray]
     np.atleast_1d(panels)[0].legend(fontsize=7, loc="best")
     figure.suptitle("real (dots) vs generated (crosses) expression sequences, PCA of the real ones", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=90)
     plt.close(figure)
     return gaps
 
@@ -435,7 +437,7 @@ def ablate(table: str, run: Path, out: Path, report: Path, budget_name: str = "q
         lines += _table2_3(ctx, table, budget, budget_name, rows)
     write_json_atomic(out / f"{table}.json", {"budget": budget_name, "rows": rows})
     path = report / f"{table}.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -61,10 +61,9 @@ def build_app(pipeline: Any, checkpoint: Path, work_dir: Path, concurrency: int 
 
     faces, speeches = write_examples(checkpoint, work_dir / "examples")
     fps = pipeline.settings["fps"]
-    request_defaults = SampleRequest  # the dataclass's defaults: sampler, steps, guidance, seed
-    # a distilled pipeline samples with its own step count and the guidance baked into it
-    default_steps = pipeline.default_steps if pipeline.guidance_baked else request_defaults.steps
-    default_cfg_audio, default_cfg_exp = pipeline.guidance_baked or (request_defaults.cfg_audio, request_defaults.cfg_exp)
+    request_defaults = SampleRequest  # the dataclass's defaults: sampler and seed
+    default_steps = pipeline.default_steps  # the pipeline's own sampling settings (a distilled one's baked guidance)
+    default_cfg_audio, default_cfg_exp = pipeline.guidance_scales(None, None)
     demo_timeline = [[name, float(start)] for name, start in (item.split("@") for item in demo.EMOTION.split(","))]
     demo_keyframes = [list(key) for key in parse_keyframes(demo.INTENSITY)]
 
@@ -84,7 +83,8 @@ def build_app(pipeline: Any, checkpoint: Path, work_dir: Path, concurrency: int 
 
     with gr.Blocks(title="emodiff", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as page:
         gr.Markdown(f"# emodiff: talking heads with an emotion timeline and an intensity curve\n"
-                    f"Pipeline `{checkpoint}` ({pipeline.settings['resolution']} px, {fps:g} fps)."
+                    f"Pipeline `{checkpoint}` ({pipeline.settings['resolution']} px, {fps:g} fps; by default "
+                    f"{pipeline.describe_sampling(request_defaults.sampler)})."
                     + (" It was trained on the cartoon faces of the synthetic world: start from an example face."
                        if faces else ""))
         with gr.Row():

@@ -18,6 +18,7 @@ import argparse
 import os
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 from diffusers.models.modeling_utils import ModelMixin
 
@@ -42,15 +43,18 @@ def _load_run_model(run: Path, subfolder: str, model_cls: type[ModelMixin], comm
 
 
 def assemble(denoiser: Path, store: ClipStore | Path, out: Path, expression: Path | None = None,
-             intensity: Path | None = None, super_resolution: Path | None = None) -> EmoDiffPipeline:
+             intensity: Path | None = None, super_resolution: Path | None = None, steps: int | None = None,
+             guidance: Sequence[float] | None = None) -> EmoDiffPipeline:
     """`EmoDiffPipeline.from_training` with the optional generator, intensity and super-resolution runs, saved
-    atomically to `out`."""
+    atomically to `out`; `steps` and `guidance` (s_audio, s_expression) are the sampling settings it records as its
+    own defaults (None: 25 steps, no guidance)."""
     store = store if isinstance(store, ClipStore) else ClipStore.open(store)
     if not store.clip_ids():
         raise EmodiffError(f"The store {store.root} has no clips to take the expression targets from.")
     generator = _load_run_model(expression, "generator", ExpressionGenerator, "expression") if expression else None
     predictor = _load_run_model(intensity, "model", IntensityVAE, "intensity") if intensity else None
     pipeline = EmoDiffPipeline.from_training(denoiser, store, generator, predictor)
+    pipeline.settings.update(steps=steps, guidance=None if guidance is None else [float(g) for g in guidance])
     if super_resolution:
         pipeline.super_resolution = _load_run_model(super_resolution, "super_resolution", RRDBNet, "super-resolution")
     out = Path(out)
@@ -76,10 +80,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--super-resolution", type=Path,
                         help="`emodiff train super-resolution` run folder (upscales every sampled frame)")
     parser.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    parser.add_argument("--steps", type=int, help="sampling steps per frame the pipeline uses when a call names none "
+                        "(default 25)")
+    parser.add_argument("--cfg-audio", type=float, default=1.0, help="its default audio guidance scale (default 1, none)")
+    parser.add_argument("--cfg-exp", type=float, default=1.0,
+                        help="its default expression guidance scale (default 1, none)")
 
 
 def run(args: argparse.Namespace) -> int:
-    pipeline = assemble(args.denoiser, args.store, args.out, args.expression, args.intensity, args.super_resolution)
+    pipeline = assemble(args.denoiser, args.store, args.out, args.expression, args.intensity, args.super_resolution,
+                        args.steps, (args.cfg_audio, args.cfg_exp))
     present = [name for name, component in pipeline.components().items() if component is not None]
     print(f"pipeline with {', '.join(present)} written to {args.out}")
     reference = pipeline.expression_reference.config

@@ -21,7 +21,6 @@ cartoon faces, not what a model trained on real recordings produces.
 from __future__ import annotations
 
 import argparse
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from emodiff.data.media import VideoWriter
 from emodiff.data.store import write_wav
 from emodiff.data.synthetic import SyntheticWorld, save_render, trained_world, unseen_identities
 from emodiff.errors import EmodiffError
+from emodiff.files import atomic_path
 from emodiff.inference import InferenceOptions, add_inference_arguments
 from emodiff.metrics.super_resolution import describe, recorded
 from emodiff.pipeline import EmoDiffPipeline
@@ -44,8 +44,6 @@ EMOTION = "happy@0,surprised@2"
 INTENSITY = "0:0,1.6:1,2.2:0.3,4:1"  # ramp up while happy, drop at the change, ramp up again while surprised
 VIEW_SIZE = 256  # frames are enlarged by pixel repetition to at least this size for watching
 SHEET_FRAMES = 8
-TEACHER_STEPS = 16  # DDIM steps and expression guidance for an undistilled pipeline (the synthetic report's)
-TEACHER_CFG_EXPRESSION = 2.0
 
 
 def bundled_checkpoint() -> Path:
@@ -56,11 +54,11 @@ def bundled_checkpoint() -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("emodiff_demo"), help="output folder (default ./emodiff_demo)")
     parser.add_argument("--checkpoint", type=Path, help="pipeline folder (default: the bundled emodiff/assets/demo)")
-    parser.add_argument("--steps", type=int, help="DDIM steps per frame (default: the pipeline's own, else 16)")
+    parser.add_argument("--steps", type=int, help="DDIM steps per frame (default: the pipeline's own)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the speech and the sampling noise (default 0)")
     parser.add_argument("--cfg-exp", type=float,
-                        help="classifier-free guidance scale for the expression (default 2, as in the synthetic report; "
-                             "a distilled pipeline has its own baked in)")
+                        help="classifier-free guidance scale for the expression (default: the pipeline's own; a "
+                             "distilled pipeline has its own baked in)")
     add_inference_arguments(parser)
 
 
@@ -106,9 +104,8 @@ def write_contact_sheet(path: Path, identity: np.ndarray, frames: dict[int, np.n
         axis.set_xticks([])
         axis.set_yticks([])
     figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    figure.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,12 +123,11 @@ def run(args: argparse.Namespace) -> int:
              "sheet": args.out / "contact_sheet.png", "identity": args.out / "identity.png",
              "speech": args.out / "speech.wav"}
     picks, frames = sheet_frames(n_frames), {}
-    distilled = pipeline.guidance_baked is not None
-    steps = args.steps if args.steps is not None else pipeline.default_steps if distilled else TEACHER_STEPS
-    cfg_expression = args.cfg_exp if args.cfg_exp is not None or distilled else TEACHER_CFG_EXPRESSION
+    steps = pipeline.default_steps if args.steps is None else args.steps  # None: the pipeline's own sampling settings
+    print(f"demo: {pipeline.describe_sampling('ddim', steps, None, args.cfg_exp)}")
     with VideoWriter(paths["video"], fps, audio=audio,
                      comment=describe(pipeline.super_resolution, resolution)) as writer:
-        for i, batch in pipeline.sample([video], steps=steps, cfg_expression=cfg_expression, seeds=[args.seed]):
+        for i, batch in pipeline.sample([video], steps=steps, cfg_expression=args.cfg_exp, seeds=[args.seed]):
             frame = enlarge(to_uint8(batch[0]))
             writer.write(frame)
             if i in picks:

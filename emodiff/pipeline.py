@@ -23,7 +23,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from huggingface_hub import HfApi, snapshot_download
@@ -35,22 +34,27 @@ from tqdm.auto import tqdm
 from emodiff import __version__
 from emodiff.control import ScheduleOptions, expression_condition, frame_schedule
 from emodiff.data.datasets import frames_to_tensor, window_indices
-from emodiff.data.expression import strongest_level_expressions
-from emodiff.data.labels import EMOTIONS, NEUTRAL
+from emodiff.data.labels import NEUTRAL
 from emodiff.data.store import ClipStore
 from emodiff.diffusion.gaussian import GaussianDiffusion
 from emodiff.diffusion.schedulers import make_scheduler, scheduler_model_output
 from emodiff.errors import EmodiffError
+from emodiff.files import write_text_atomic
 from emodiff.inference import InferenceOptions, autocast, prepare_modules
+from emodiff.models.expression_reference import ExpressionReference
 
 # command-line sampler names -> `make_scheduler` names
 SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpmsolver++"}
 COMPONENTS = ("unet", "reference_net", "expression_reference", "expression_generator",
               "intensity_predictor", "super_resolution")
 OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_resolution")
-SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model", "motion_noise", "steps")
+SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model", "motion_noise", "steps",
+            "guidance")
 DEFAULT_STEPS = 25  # DDIM steps per frame of a pipeline that names none (a distilled one names its own)
 _LOADABLE_PACKAGE = "emodiff."  # model_index.json may only name classes of this package
+# classes that moved: the (module, class) a pipeline folder written before the move names -> where it lives now
+MOVED_CLASSES = {("emodiff.pipeline", "ExpressionReference"): ("emodiff.models.expression_reference",
+                                                               "ExpressionReference")}
 
 
 def first_line(err: BaseException) -> str:
@@ -101,49 +105,6 @@ def pipeline_folder(name_or_path: str | Path, revision: str | None = None, cache
         raise EmodiffError(f"Cannot download {where} from the Hugging Face Hub: {first_line(err)}") from err
 
 
-class ExpressionReference(ModelMixin, ConfigMixin):
-    """The neutral expression e_n (D,) and one target expression e_y (D,) per emotion (eq. 14–15).
-
-    They are e_n and e_y when the pipeline has no expression generator (with one, G synthesises both).
-    `emotions` names the emotions the training store has (None: every emotion, as pipelines saved before it
-    was recorded); `neutral_source` says where e_n came from ("neutral clips" or "calmest frames").
-    """
-
-    @register_to_config
-    def __init__(self, expression_dim: int = 50, num_emotions: int = len(EMOTIONS), emotions: list[str] | None = None,
-                 neutral_source: str = "neutral clips") -> None:
-        super().__init__()
-        self.register_buffer("neutral", torch.zeros(expression_dim))
-        self.register_buffer("targets", torch.zeros(num_emotions, expression_dim))
-
-    @classmethod
-    def from_store(cls, store: ClipStore) -> "ExpressionReference":
-        """e_n = mean expression of the neutral clips; e_y = mean expression of emotion y at its strongest level.
-
-        A store without neutral clips (HDTF-style or emotional-only data) takes e_n from the reference `emodiff
-        prepare` uses for its pseudo intensity there: the mean of each clip's calmest 10 % of frames.
-        """
-        neutral, targets = strongest_level_expressions(store)
-        has_neutral = any(store.clip(i).emotion == "neutral" for i in store.clip_ids())
-        present = [name for name in EMOTIONS if name == "neutral" or name in targets]
-        reference = cls(expression_dim=len(neutral), emotions=present,
-                        neutral_source="neutral clips" if has_neutral else "calmest frames")
-        reference.neutral.copy_(torch.from_numpy(neutral.astype(np.float32)))
-        for e, name in enumerate(EMOTIONS):
-            reference.targets[e].copy_(torch.from_numpy(targets.get(name, neutral).astype(np.float32)))
-        return reference
-
-    def check_emotions(self, emotion_weights: np.ndarray) -> None:
-        """Refuse, in one sentence, an emotion (a column of the (T, E) weights in use) the store had no clips of."""
-        known = self.config.emotions
-        if known is None:
-            return
-        missing = [EMOTIONS[e] for e in np.flatnonzero(np.asarray(emotion_weights).any(0)) if EMOTIONS[e] not in known]
-        if missing:
-            raise EmodiffError(f"This pipeline was trained without {', '.join(missing)} clips, so it cannot show "
-                               f"{' or '.join(missing)}; it knows: {', '.join(known)}.")
-
-
 @dataclass
 class VideoConditions:
     """Everything the denoiser needs for one video of T frames (the outputs of `EmoDiffPipeline.conditions`)."""
@@ -167,12 +128,15 @@ class EmoDiffPipeline:
                  expression_generator: ModelMixin | None = None, intensity_predictor: ModelMixin | None = None,
                  super_resolution: ModelMixin | None = None, *, diffusion: dict, resolution: int, window: int = 2,
                  fps: float = 25.0, audio_features: str = "mel", audio_model: str | None = None,
-                 motion_noise: int = 0, steps: int | None = None) -> None:
+                 motion_noise: int = 0, steps: int | None = None, guidance: Sequence[float] | None = None) -> None:
         """`diffusion` is the training config's diffusion section (beta_schedule, num_train_timesteps): the
         sampler of each call is made from it by `make_scheduler`, so DDPM, DDIM and DPM-Solver++ share its β_t.
         `motion_noise` is the level s (a diffusion step) the motion frames are noised to before each frame
         (the denoiser's `train.motion_noise_sampling`; 0 = clean motion frames, the paper). `steps` is the number of
-        sampling steps per frame the pipeline is made for (a distilled student's; None = DEFAULT_STEPS)."""
+        sampling steps per frame the pipeline is made for (a distilled student's; None = DEFAULT_STEPS), `guidance` the
+        (s_audio, s_expression) it samples with when a call names none (None = 1, 1: no guidance; a distilled student
+        has its own baked in). These two are the one place that sampling defaults live: demo, sample and app read
+        them."""
         if motion_noise and getattr(unet, "motion_noise_embedding", None) is None:
             raise EmodiffError("motion_noise needs a denoiser trained with motion-frame noise (train.motion_noise_max > 0).")
         self.unet = unet
@@ -183,7 +147,8 @@ class EmoDiffPipeline:
         self.super_resolution = super_resolution
         self.settings = {"diffusion": {key: diffusion[key] for key in ("beta_schedule", "num_train_timesteps")},
                          "resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features,
-                         "audio_model": audio_model, "motion_noise": int(motion_noise), "steps": steps}
+                         "audio_model": audio_model, "motion_noise": int(motion_noise), "steps": steps,
+                         "guidance": None if guidance is None else [float(g) for g in guidance]}
         self.inference = InferenceOptions()
 
     # ----------------------------------------------------------------------------------------- storage
@@ -204,9 +169,7 @@ class EmoDiffPipeline:
                 continue
             component.save_pretrained(directory / name)
             index[name] = [type(component).__module__, type(component).__name__]
-        tmp = directory / "model_index.json.tmp"
-        tmp.write_text(json.dumps(index, indent=2))
-        tmp.replace(directory / "model_index.json")
+        write_text_atomic(directory / "model_index.json", json.dumps(index, indent=2))
         if push_to_hub:
             repo_id = repo_id or directory.name
             try:
@@ -239,6 +202,7 @@ class EmoDiffPipeline:
                     raise EmodiffError(f"The pipeline at {directory} has no {name}, which sampling needs.")
                 components[name] = None
                 continue
+            module_name, class_name = MOVED_CLASSES.get((module_name, class_name), (module_name, class_name))
             if not module_name.startswith(_LOADABLE_PACKAGE):
                 raise EmodiffError(f"{index_path} names {module_name}.{class_name} for {name}; only emodiff classes load.")
             try:
@@ -373,10 +337,11 @@ class EmoDiffPipeline:
 
     def guidance_scales(self, cfg_audio: float | None, cfg_expression: float | None) -> tuple[float, float]:
         """The (s_audio, s_expression) a call samples with: None means the UNet's baked scales for a distilled
-        student and 1 (no guidance) otherwise; a student refuses scales other than its own."""
+        student and the pipeline's `guidance` setting otherwise (1, no guidance, when it has none); a student
+        refuses scales other than its own."""
         baked = self.guidance_baked
-        asked = tuple((baked[i] if baked else 1.0) if value is None else float(value)
-                      for i, value in enumerate((cfg_audio, cfg_expression)))
+        default = baked or self.settings["guidance"] or (1.0, 1.0)
+        asked = tuple(float(default[i]) if value is None else float(value) for i, value in enumerate((cfg_audio, cfg_expression)))
         if baked is not None and not np.allclose(asked, baked):
             raise EmodiffError(f"This pipeline's denoiser was distilled with guidance audio {baked[0]:g} / expression "
                                f"{baked[1]:g} baked in, so it cannot sample with audio {asked[0]:g} / expression "
@@ -394,6 +359,15 @@ class EmoDiffPipeline:
     def forwards_per_frame(self, steps: int, cfg_audio: float | None = None, cfg_expression: float | None = None) -> int:
         """UNet evaluations (batch rows) per generated frame: steps × guidance rows."""
         return steps * len(self.guidance_rows(cfg_audio, cfg_expression))
+
+    def describe_sampling(self, sampler: str, steps: int | None = None, cfg_audio: float | None = None,
+                          cfg_expression: float | None = None) -> str:
+        """One line for users: the sampler, its steps, the guidance and the UNet forwards per frame it costs."""
+        steps = self.default_steps if steps is None else steps
+        s_a, s_e = self.guidance_scales(cfg_audio, cfg_expression)
+        kind = "distilled student" if self.guidance_baked else "teacher"
+        return (f"{kind}, {sampler} × {steps} steps, guidance audio {s_a:g} / expression {s_e:g}: "
+                f"{self.forwards_per_frame(steps, cfg_audio, cfg_expression)} UNet forwards per frame")
 
     def denoise(self, x: torch.Tensor, conditions: dict[str, torch.Tensor], reference_features: Sequence[torch.Tensor],
                 scheduler: SchedulerMixin, steps: int, cfg_audio: float | None = None, cfg_expression: float | None = None,

@@ -32,6 +32,7 @@ from emodiff.demo import SECONDS, demo_world, enlarge, sheet_frames, write_conta
 from emodiff.errors import EmodiffError
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.data.datasets import to_uint8
+from emodiff.files import write_text_atomic
 from emodiff.sample import add_arguments, identity_warning, prepare_video, read_jobs, sample_batch
 
 INTENSITY_MODES = ("constant", "key frames", "from the voice")
@@ -174,9 +175,9 @@ class SampleRequest:
     intensity: str
     options: ScheduleOptions = ScheduleOptions()
     sampler: str = "ddim"
-    steps: int = 10
-    cfg_audio: float = 1.0
-    cfg_exp: float = 2.0
+    steps: int | None = None  # None: the pipeline's own (EmoDiffPipeline.default_steps, .guidance_scales)
+    cfg_audio: float | None = None
+    cfg_exp: float | None = None
     seed: int = 0
 
     def input_names(self) -> tuple[str, str]:
@@ -190,8 +191,10 @@ class SampleRequest:
         face, speech = self.input_names()
         return ["--checkpoint", str(checkpoint), "--identity", str(base / face), "--audio", str(base / speech),
                 "--emotion", self.emotion, "--intensity", self.intensity, *self.options.flags(),
-                "--sampler", self.sampler, "--steps", str(self.steps), "--cfg-audio", f"{self.cfg_audio:g}",
-                "--cfg-exp", f"{self.cfg_exp:g}", "--seed", str(self.seed), "--out", str(base / OUTPUT)]
+                "--sampler", self.sampler, *(["--steps", str(self.steps)] if self.steps is not None else []),
+                *(["--cfg-audio", f"{self.cfg_audio:g}"] if self.cfg_audio is not None else []),
+                *(["--cfg-exp", f"{self.cfg_exp:g}"] if self.cfg_exp is not None else []),
+                "--seed", str(self.seed), "--out", str(base / OUTPUT)]
 
     def command(self, checkpoint: Path) -> str:
         """The shell command, to run in the job folder (the unzipped download)."""
@@ -238,7 +241,7 @@ class SampleJob:
         frames = {i: enlarge(frame) for i, frame in enumerate(read_video(self.paths["video"], fps)) if i in picks}
         write_contact_sheet(self.paths["sheet"], enlarge(to_uint8(self.video.identity)), frames,
                             self.video.intensity.numpy(), self.video.emotion_weights.numpy(), fps)
-        self.paths["command"].write_text("# run in this folder (the unzipped download):\n" + self.command + "\n")
+        write_text_atomic(self.paths["command"], "# run in this folder (the unzipped download):\n" + self.command + "\n")
         members = [Path(self.args.identity), Path(self.args.audio),
                    *(self.paths[key] for key in ("video", "schedule", "sheet", "command"))]
         partial = self.paths["archive"].with_suffix(".zip.partial")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,8 @@ from emodiff.control import parse_intensity
 from emodiff.data.audio_features import extract_audio_features
 from emodiff.data.datasets import frames_to_tensor, to_uint8
 from emodiff.data.labels import EMOTIONS, NEUTRAL
-from emodiff.data.store import ClipStore, write_json_atomic
+from emodiff.data.store import ClipStore
+from emodiff.files import atomic_path, write_json_atomic, write_text_atomic
 from emodiff.data.synthetic import EMOTION_DIRECTIONS, EXPRESSION_PARAMS, MOUTH_OPEN, SyntheticWorld, make_store
 from emodiff.errors import EmodiffError
 from emodiff.metrics.linearity import flie
@@ -192,9 +192,8 @@ def _video_cache(path: Path, videos: list[Video] | None = None) -> list[Video] |
     arrays = {"jobs": np.array(json.dumps([{f: getattr(v, f) for f in fields} for v in videos]))}
     for i, v in enumerate(videos):
         arrays.update({f"condition{i}": v.condition, f"frames{i}": v.frames, f"truth{i}": v.truth})
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
     return videos
 
 
@@ -326,7 +325,8 @@ def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeche
     axes[0].set_ylabel("readout · d_emotion")
     axes[0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "linearity.png", dpi=80)
+    with atomic_path(out / "linearity.png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
 
     shown = next(i for i, v in enumerate(videos) if v.k == max(intensities))
@@ -338,7 +338,8 @@ def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeche
     ax.set_ylabel("mouth open")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "mouth.png", dpi=80)
+    with atomic_path(out / "mouth.png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, min(4, len(tests)), figsize=(3 * min(4, len(tests)), 2.2), sharey=True, squeeze=False)
@@ -349,7 +350,8 @@ def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeche
     axes[0][0].set_ylabel("k")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "intensity.png", dpi=80)
+    with atomic_path(out / "intensity.png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 2.4))
@@ -360,7 +362,8 @@ def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeche
     ax.set_xlabel("frame")
     ax.set_ylabel("PSNR vs true render (dB)")
     fig.tight_layout()
-    fig.savefig(out / "drift.png", dpi=80)
+    with atomic_path(out / "drift.png") as tmp:
+        fig.savefig(tmp, dpi=80)
     plt.close(fig)
 
     # rows: emotions of the first held-out identity and speech; columns: the k sweep, audio-predicted k, true render
@@ -465,9 +468,7 @@ def write_report(config: DictConfig, out: Path, metrics: dict) -> Path:
               "; columns k = " + ", ".join(f"{k:g}" for k in config.evaluation.intensities) +
               ", the audio-predicted k, and the true render at k = 1.", ""]
     path = out / "report.md"
-    tmp = out / f".report.md.tmp-{os.getpid()}"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 
@@ -485,7 +486,9 @@ def run(args: argparse.Namespace) -> int:
     OmegaConf.save(config, out / "synthetic_run.yaml")
     store = train_all(config, out)
     if not (out / "pipeline" / "model_index.json").is_file():
-        assemble(out / "denoiser", store, out / "pipeline", out / "expression", out / "intensity")
+        ev = config.evaluation  # the report's sampling becomes the pipeline's own default
+        assemble(out / "denoiser", store, out / "pipeline", out / "expression", out / "intensity", steps=ev.steps,
+                 guidance=(ev.cfg_audio, ev.cfg_expression))
     metrics = evaluate(config, out)
     write_report(config, out, metrics)
     print(f"report written to {out / 'report.md'}")

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's emodiff, not an installed one
 
 from emodiff.data.labels import EMOTIONS  # noqa: E402
-from emodiff.data.store import write_json_atomic  # noqa: E402
+from emodiff.files import write_json_atomic  # noqa: E402
 from emodiff.data.synthetic import MOUTH_OPEN, SyntheticWorld  # noqa: E402
 from emodiff.metrics.quality import psnr, ssim  # noqa: E402
 from emodiff.metrics.super_resolution import bicubic, flicker, load_upscaler, upscale_frames  # noqa: E402

@@ -79,7 +79,8 @@ def write_tiny_pipeline(folder: Path, size: int = 16, fps: int = 25, world: dict
     `world` as its synthetic world description when given (as `emodiff assemble` copies it from a synthetic store)."""
     from emodiff.models.reference_net import ReferenceNet
     from emodiff.models.unet import DenoisingUNet
-    from emodiff.pipeline import EmoDiffPipeline, ExpressionReference
+    from emodiff.models.expression_reference import ExpressionReference
+    from emodiff.pipeline import EmoDiffPipeline
 
     config = load_config(CONFIG_DIR / "denoiser_tiny.yaml")
     audio_dim = extract_audio_features(np.zeros(SAMPLE_RATE, np.float32), fps).shape[1]

@@ -49,7 +49,8 @@ def test_assembled_folder_loads_with_every_run_and_samples(runs):
     out = root / "pipeline"
     RRDBNet(scale=2, num_feat=4, num_block=1, num_grow_ch=4, residual=True).save_pretrained(root / "sr" / "super_resolution")
     assert assemble.run(_args(denoiser=root / "denoiser", store=store.root, expression=root / "expression",
-                              intensity=root / "intensity", **{"super-resolution": root / "sr"}, out=out)) == 0
+                              intensity=root / "intensity", **{"super-resolution": root / "sr"}, out=out,
+                              steps=3, **{"cfg-exp": 2})) == 0
     pipeline = EmoDiffPipeline.from_pretrained(out)
     # the synthetic world travels with the pipeline, so `emodiff demo --checkpoint` renders the same world
     assert (out / "synthetic_world.json").read_text() == (store.stats_dir / "synthetic_world.json").read_text()
@@ -68,8 +69,15 @@ def test_assembled_folder_loads_with_every_run_and_samples(runs):
     video = VideoConditions(identity=torch.zeros(3, 16, 16), audio=torch.as_tensor(np.asarray(clip.audio_feats[:n], np.float32)),
                             expression=torch.as_tensor(pipeline.expression_sequence(weights, k), dtype=torch.float32),
                             intensity=torch.as_tensor(k, dtype=torch.float32), emotion_weights=torch.as_tensor(weights))
-    frames = [f[0] for _, f in pipeline.sample([video], steps=2, progress=False)]
+    rows = []
+    pipeline.unet.register_forward_hook(lambda module, args, output: rows.append(len(output)))
+    frames = [f[0] for _, f in pipeline.sample([video], progress=False)]
     assert len(frames) == n and frames[0].shape == (3, 32, 32) and torch.isfinite(torch.stack(frames)).all()
+    # A call that names no sampling settings uses the ones the pipeline recorded: 3 steps, each one batch of the
+    # conditional and the expression-dropped rows (expression guidance 2).
+    assert rows == [2] * (3 * n)
+    assert pipeline.describe_sampling("ddim").endswith("ddim × 3 steps, guidance audio 1 / expression 2: "
+                                                       "6 UNet forwards per frame")
 
 
 def test_without_optional_runs_and_bad_runs_are_one_sentence(runs):
@@ -78,6 +86,7 @@ def test_without_optional_runs_and_bad_runs_are_one_sentence(runs):
     assemble.assemble(root / "denoiser", store.root, out)
     plain = EmoDiffPipeline.from_pretrained(out)
     assert plain.expression_generator is None and plain.intensity_predictor is None
+    assert plain.default_steps == 25 and plain.guidance_scales(None, None) == (1.0, 1.0)  # none recorded
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(EmodiffError, match="not a finished `emodiff train expression` folder"):
         assemble.assemble(root / "denoiser", store.root, out, expression=root / "intensity")
@@ -92,6 +101,8 @@ def test_bundled_demo_checkpoint_loads_complete():
     assert demo.settings["resolution"] == 32 and demo.settings["audio_features"] == "mel"
     assert all(component is not None for component in demo.components().values())
     assert demo.super_resolution.config.scale == 4  # the demo writes 128 px
+    # the sampling of the synthetic report, which demo, sample and app use by default
+    assert demo.default_steps == 16 and demo.guidance_scales(None, None) == (1.0, 2.0)
 
 
 def test_store_without_neutral_clips_assembles_from_its_calmest_frames(runs, tmp_path, capsys):

@@ -16,7 +16,8 @@ from emodiff.data import media
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.store import ClipStore
 from emodiff.metrics import frechet
-from emodiff.metrics.emotion import EmotionClassifier, emotion_accuracy, frame_logits, video_prediction
+from emodiff.metrics.emotion import emotion_accuracy, frame_logits, video_prediction
+from emodiff.models.emotion_classifier import EmotionClassifier
 from emodiff.metrics.evaluate import Video, Weights, evaluate_runs, report_markdown, write_report
 from emodiff.metrics.lpips import LPIPS
 from tests.test_metrics import _alex_files, _TinyI3D, _TinyInception

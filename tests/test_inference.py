@@ -19,7 +19,8 @@ from emodiff.errors import EmodiffError
 from emodiff.inference import InferenceOptions
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
-from emodiff.pipeline import EmoDiffPipeline, ExpressionReference, VideoConditions
+from emodiff.models.expression_reference import ExpressionReference
+from emodiff.pipeline import EmoDiffPipeline, VideoConditions
 from tests.test_pipeline import AUDIO_DIM, EXP_DIM, SIZE, collect, random_video, tiny_pipeline
 
 HAS_XFORMERS = importlib.util.find_spec("xformers") is not None

@@ -7,6 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from emodiff.control.intensity import IntensityMeasure
 from emodiff.diffusion.gaussian import GaussianDiffusion
 from emodiff.errors import EmodiffError
 from emodiff.models.conditioning import build_expression_encoder
@@ -114,7 +115,7 @@ def test_every_variant_is_trained_on_the_k_of_the_interpolation(tmp_path):
     store = make_store(tmp_path / "store", n_identities=2, clips_per_identity=5, n_frames=20, size=16,
                        emotions=("neutral", "happy", "sad"), levels=(1, 3))
     assert [uses_intensity(name) for name in ("interpolation", *VARIANTS)] == [False, True, True, True]
-    dataset = FrameDataset(store, resolution=16, intensity_labels=True)
+    dataset = FrameDataset(store, resolution=16, intensity_measure=IntensityMeasure.from_store(store))
     k: dict[tuple[str, int], list[float]] = {}
     truth: dict[tuple[str, int], list[float]] = {}
     for index in range(len(dataset)):

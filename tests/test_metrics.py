@@ -14,7 +14,8 @@ import torch
 from emodiff.errors import EmodiffError
 from emodiff.metrics import framewise, frechet, landmarks, linearity, quality
 from emodiff.metrics.lpips import LPIPS, SCALING_SCALE, SCALING_SHIFT
-from emodiff.metrics.sync import SyncNet, mfcc, score_embeddings, sync_scores, sync_windows
+from emodiff.metrics.sync import mfcc, score_embeddings, sync_scores, sync_windows
+from emodiff.models.syncnet import SyncNet
 
 # ------------------------------------------------------------------------------------------ PSNR / SSIM
 

@@ -15,7 +15,8 @@ from emodiff.models.expression_gan import ExpressionGenerator
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.rrdbnet import RRDBNet
 from emodiff.models.unet import DenoisingUNet
-from emodiff.pipeline import EmoDiffPipeline, ExpressionReference, VideoConditions
+from emodiff.models.expression_reference import ExpressionReference
+from emodiff.pipeline import EmoDiffPipeline, VideoConditions
 from tests.conftest import write_random_store
 
 SIZE, AUDIO_DIM, EXP_DIM = 16, 8, 6
@@ -198,6 +199,22 @@ def test_save_and_load_round_trip(tmp_path):
     video = [random_video(2, seed=1)]
     torch.testing.assert_close(collect(loaded, video, steps=2, sampler="dpm++", seeds=[5])[0],
                                collect(pipeline, video, steps=2, sampler="dpm++", seeds=[5])[0])
+
+
+def test_a_folder_written_before_a_class_moved_still_loads(tmp_path, monkeypatch):
+    """ExpressionReference lived in emodiff.pipeline until it moved to emodiff.models (the bundled demo's index still
+    names the old place); folders that name a moved class load it from where it lives now."""
+    pipeline = tiny_pipeline()
+    pipeline.save_pretrained(tmp_path / "pipe")
+    index_path = tmp_path / "pipe" / "model_index.json"
+    index = json.loads(index_path.read_text())
+    assert index["expression_reference"] == ["emodiff.models.expression_reference", "ExpressionReference"]
+    index["expression_reference"] = ["emodiff.pipeline", "ExpressionReference"]
+    index_path.write_text(json.dumps(index))
+    monkeypatch.delattr("emodiff.pipeline.ExpressionReference")  # the loader must not rely on what pipeline imports
+    loaded = EmoDiffPipeline.from_pretrained(tmp_path / "pipe")
+    assert isinstance(loaded.expression_reference, ExpressionReference)
+    torch.testing.assert_close(loaded.expression_reference.neutral, pipeline.expression_reference.neutral)
 
 
 def test_missing_or_corrupt_checkpoint_is_one_sentence(tmp_path):

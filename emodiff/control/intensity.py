@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Iterable, TypeVar
 import numpy as np
 import torch
 
+from emodiff.data.expression import strongest_level_expressions
+from emodiff.data.store import ClipStore
 from emodiff.errors import EmodiffError
 
 if TYPE_CHECKING:
@@ -64,6 +66,11 @@ class IntensityMeasure:
         return cls({None: np.asarray(neutral, dtype=np.float64)},
                    {(emotion, None): np.asarray(target, dtype=np.float64) - neutral
                     for emotion, target in targets.items() if np.any(np.asarray(target) != neutral)})
+
+    @classmethod
+    def from_store(cls, store: ClipStore) -> "IntensityMeasure":
+        """`from_strongest_level` with the store's e_n and e_y (`strongest_level_expressions`)."""
+        return cls.from_strongest_level(*strongest_level_expressions(store))
 
     @classmethod
     def fit(cls, neutral: Iterable[tuple[str | None, np.ndarray]],

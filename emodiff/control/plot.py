@@ -5,13 +5,13 @@ app's sessions) can draw at once."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from emodiff.data.labels import EMOTIONS
+from emodiff.files import atomic_path
 
 
 def plot_schedule(k: np.ndarray, fps: float, path: str | Path, emotion_weights: np.ndarray | None = None,
@@ -39,7 +39,6 @@ def plot_schedule(k: np.ndarray, fps: float, path: str | Path, emotion_weights: 
         axes[1, 0].legend(loc="upper right", fontsize="small")
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     return path

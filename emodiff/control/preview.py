@@ -17,7 +17,7 @@ from emodiff.control.plot import plot_schedule
 from emodiff.control.schedule import ScheduleOptions, add_schedule_arguments, frame_schedule
 from emodiff.data.audio_features import extract_audio_features, n_video_frames
 from emodiff.data.media import load_audio
-from emodiff.data.store import save_npy_atomic
+from emodiff.files import save_npy_atomic
 from emodiff.errors import EmodiffError
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm  # noqa: E402
 
 from emodiff.data.store import Clip, ClipStore  # noqa: E402
 from emodiff.errors import EmodiffError  # noqa: E402
+from emodiff.files import atomic_path  # noqa: E402
 
 
 def contact_sheet(clip: Clip, path: Path, columns: int = 8) -> None:
@@ -43,7 +44,8 @@ def contact_sheet(clip: Clip, path: Path, columns: int = 8) -> None:
     label = ", ".join(str(v) for v in (clip.identity, clip.emotion, clip.level) if v is not None)
     figure.suptitle(f"{clip.clip_id}  {label}  ({n_frames} frames, audio: {'yes' if clip.has_audio else 'no'})",
                     fontsize=9)
-    figure.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100)
     plt.close(figure)
 
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -70,14 +70,20 @@ def emotion_label(clip: Clip) -> int:
 IDENTITY_SOURCES = ("clip", "neutral")
 
 
+class IntensityReader(Protocol):
+    """Reads k per frame from expression vectors (emodiff.control.intensity.IntensityMeasure, the inverse of eq. 14)."""
+
+    def read(self, expression: np.ndarray, emotion: str | None) -> np.ndarray: ...
+
+
 class FrameDataset(Dataset):
     """Denoiser samples: target frame, identity frame, two motion frames, condition windows, masks.
 
     Each item is a dict of tensors:
       target (3,R,R), identity (3,R,R), motion (6,R,R) = frames i−2 ⊕ i−1 (the identity frame where
       i−k < 0), audio (2n+1, F), expression (2n+1, D), emotion () (−1 = unlabelled), mouth_mask (1,R,R),
-      eye_mask (1,R,R), and with `intensity_labels`, intensity (): the frame's k read back from its
-      expression by the inverse of eq. 14 with the store's e_n and e_y (`IntensityMeasure`, 1 = the mean
+      eye_mask (1,R,R), and with an `intensity_measure`, intensity (): the frame's k read back from its
+      expression by the inverse of eq. 14 (`IntensityMeasure.from_store`: the store's e_n and e_y, 1 = the mean
       expression of the emotion's strongest level, as for the interpolation; 0 for neutral and unlabelled
       clips), the condition of the intensity-control variants. Images are in [−1, 1].
     The identity frame is a random frame of the same clip (`identity_source="clip"`, the paper, eq. 11)
@@ -95,7 +101,7 @@ class FrameDataset(Dataset):
         clip_ids: Sequence[str] | None = None,
         seed: int = 0,
         identity_source: str = "clip",
-        intensity_labels: bool = False,
+        intensity_measure: IntensityReader | None = None,
         expression_smoothing: int = 0,
     ):
         if identity_source not in IDENTITY_SOURCES:
@@ -114,12 +120,7 @@ class FrameDataset(Dataset):
         self.seed = seed
         self.expression_smoothing = int(expression_smoothing)
         self._smoothed: dict[int, np.ndarray] = {}
-        self.intensity_measure = None
-        if intensity_labels:
-            from emodiff.control.intensity import IntensityMeasure
-            from emodiff.data.expression import strongest_level_expressions
-
-            self.intensity_measure = IntensityMeasure.from_strongest_level(*strongest_level_expressions(self.store))
+        self.intensity_measure = intensity_measure
         lengths = np.array([c.n_frames for c in self.clips])
         self._offsets = np.concatenate([[0], np.cumsum(lengths)])
 

@@ -24,7 +24,6 @@ the basis has fewer components and the remaining dimensions are zero.
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from emodiff.data.store import Clip, ClipStore
 from emodiff.errors import EmodiffError
+from emodiff.files import atomic_path
 
 EXPRESSION_DIM = 50
 NEUTRAL_FRACTION = 0.1  # share of a clip's frames taken as its neutral reference when none is labelled
@@ -83,10 +83,8 @@ def make_expression_extractor(name: str, **options: Any) -> ExpressionExtractor:
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 # -- Procrustes --------------------------------------------------------------------------------

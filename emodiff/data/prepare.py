@@ -43,7 +43,8 @@ from emodiff.data.expression import (
 from emodiff.data.labels import parse_label
 from emodiff.data.landmarks import LANDMARK_DETECTORS, largest_face, make_detector
 from emodiff.data.media import SAMPLE_RATE, load_audio, probe, read_video
-from emodiff.data.store import ARRAY_NAMES, Clip, ClipStore, save_npy_atomic, write_json_atomic
+from emodiff.data.store import ARRAY_NAMES, Clip, ClipStore
+from emodiff.files import save_npy_atomic, write_json_atomic
 from emodiff.errors import EmodiffError
 from emodiff.native_logs import native_logs_silenced
 

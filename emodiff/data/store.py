@@ -24,6 +24,7 @@ import numpy as np
 
 from emodiff.data.media import SAMPLE_RATE
 from emodiff.errors import EmodiffError
+from emodiff.files import save_npy_atomic, write_json_atomic
 
 ARRAY_NAMES = ("frames", "audio_feats", "landmarks", "expression", "intensity")
 _DTYPES = {
@@ -33,20 +34,6 @@ _DTYPES = {
     "expression": np.float32,
     "intensity": np.float32,
 }
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """Write an .npy file under a temporary name, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

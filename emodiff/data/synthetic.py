@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -45,7 +44,8 @@ from tqdm.auto import tqdm
 from emodiff.data.audio_features import extract_audio_features
 from emodiff.data.labels import EMOTIONS, NEUTRAL, emotion_index
 from emodiff.data.media import SAMPLE_RATE, VideoWriter
-from emodiff.data.store import ClipStore, save_npy_atomic, write_json_atomic, write_wav
+from emodiff.data.store import ClipStore, write_wav
+from emodiff.files import atomic_path, save_npy_atomic, write_json_atomic
 from emodiff.errors import EmodiffError
 
 EXPRESSION_PARAMS: tuple[str, ...] = (
@@ -584,9 +584,8 @@ def save_render(path: str | Path, world: SyntheticWorld, index: int) -> Path:
     path = Path(path)
     tag = PngInfo()
     tag.add_text(RENDER_TAG, json.dumps({"seed": world.seed, "size": world.size, "identity": int(index)}))
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    Image.fromarray(world.portrait(index)).save(tmp, pnginfo=tag)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(world.portrait(index)).save(tmp, pnginfo=tag)
     return path
 
 
@@ -688,10 +687,8 @@ def export_videos(store: ClipStore | str | Path, out_dir: str | Path, clip_ids: 
         with VideoWriter(out / f"{clip_id}.mp4", fps=clip.meta["fps"], audio=audio) as writer:
             for frame in clip.frames:
                 writer.write(frame.repeat(upscale, axis=0).repeat(upscale, axis=1))
-        wav = out / f"{clip_id}.wav"
-        tmp = wav.with_name(f".{wav.name}.tmp-{os.getpid()}")
-        write_wav(tmp, audio)
-        os.replace(tmp, wav)
+        with atomic_path(out / f"{clip_id}.wav") as tmp:
+            write_wav(tmp, audio)
         written.append(out / f"{clip_id}.mp4")
     return written
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -33,9 +32,10 @@ from tqdm.auto import tqdm
 
 from emodiff.data.audio_features import check_speech
 from emodiff.data.datasets import frames_to_tensor, to_uint8
-from emodiff.data.media import VideoWriter, load_audio, probe, read_video
+from emodiff.data.media import SAMPLE_RATE, VideoWriter, load_audio, probe, read_video
 from emodiff.data.prepare import PrepareSettings, find_sources, prepare
-from emodiff.data.store import SAMPLE_RATE, ClipStore, write_json_atomic
+from emodiff.data.store import ClipStore
+from emodiff.files import atomic_path, copy_atomic, write_json_atomic, write_text_atomic
 from emodiff.errors import EmodiffError
 from emodiff.train.common import CONFIG_DIR, load_config, merge_overrides
 
@@ -106,10 +106,11 @@ def write_video(path: Path, frames: np.ndarray, fps: float, audio: np.ndarray) -
 
 
 def self_reenactment(pipeline_dir: Path, store: ClipStore, out: Path, steps: int, sampler: str, seed: int,
-                     delay_seconds: float) -> list[str]:
+                     delay_seconds: float, cfg_audio: float | None = None) -> list[str]:
     """Write out/<run>/<clip>.mp4 for every held-out clip: the real segment at the pipeline's resolution, the
     pipeline's frames from the segment's first frame and speech (neutral, k = 0), the first frame repeated, and
-    the real segment `delay_seconds` late. Clips whose four videos exist are skipped. Returns the clip ids."""
+    the real segment `delay_seconds` late; `cfg_audio` is the audio guidance scale (None: none). Clips whose four
+    videos exist are skipped. Returns the clip ids."""
     from emodiff.pipeline import EmoDiffPipeline
 
     clip_ids = store.clip_ids()
@@ -123,7 +124,8 @@ def self_reenactment(pipeline_dir: Path, store: ClipStore, out: Path, steps: int
     videos = [pipeline.conditions(np.array(clip.frames[0]), audio, "neutral", 0.0, seed=seed, aligned=True)
               for clip, audio in zip(clips, audios)]
     generated: list[list[np.ndarray]] = [[] for _ in clips]
-    for _, frames in pipeline.sample(videos, steps=steps, sampler=sampler, seeds=[seed] * len(clips)):
+    for _, frames in pipeline.sample(videos, steps=steps, sampler=sampler, cfg_audio=cfg_audio,
+                                       seeds=[seed] * len(clips)):
         for v, frame in frames.items():
             generated[v].append(to_uint8(frame))
     for clip, audio, frames in zip(clips, audios, generated):
@@ -168,9 +170,8 @@ def contact_sheet(videos: Path, clip_ids: list[str], path: Path, fps: float, col
                     ax.set_title(f"{i / fps:.1f} s", fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def summary_markdown(report: dict, config: DictConfig, denoiser: DictConfig, left_out: dict[str, str],
@@ -198,8 +199,10 @@ def summary_markdown(report: dict, config: DictConfig, denoiser: DictConfig, lef
               f"Denoiser: {denoiser.train.max_steps} steps at batch {denoiser.train.batch_size}, "
               f"{denoiser.data.resolution} px, prediction {denoiser.diffusion.get('prediction_type', 'epsilon')}, "
               f"expression smoothing {denoiser.data.get('expression_smoothing', 0)} frames, "
-              f"base channels {denoiser.unet.base_channels}; sampling {config.sample.sampler} "
-              f"{config.sample.steps} steps.", ""]
+              f"base channels {denoiser.unet.base_channels}, motion-frame mouth box "
+              f"{denoiser.unet.get('motion_mouth_box')}, motion drop {denoiser.train.motion_drop}; sampling "
+              f"{config.sample.sampler} {config.sample.steps} steps, audio guidance {config.sample.get('cfg_audio') or 1}.",
+              ""]
     if report.get("skipped"):
         lines += ["Not computed: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items()), ""]
     if left_out:
@@ -269,13 +272,14 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
         timings.add("train", time.perf_counter() - started)
     pipeline_dir = out / "pipeline"
     if not (pipeline_dir / "model_index.json").is_file():
-        assemble(denoiser_dir, train_store, pipeline_dir)
+        assemble(denoiser_dir, train_store, pipeline_dir, steps=config.sample.steps,
+                 guidance=(config.sample.get("cfg_audio") or 1.0, 1.0))
 
     started = time.perf_counter()
     videos = out / "videos"
     with torch.inference_mode():
         self_reenactment(pipeline_dir, heldout_store, videos, config.sample.steps, config.sample.sampler, config.seed,
-                         config.delay_seconds)
+                         config.delay_seconds, config.sample.get("cfg_audio"))
     timings.add("sample", time.perf_counter() - started)
 
     started = time.perf_counter()
@@ -292,11 +296,11 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
     contact_sheet(videos, clip_ids, report_out / "contact_sheet.png", fps)
     timings.add("evaluate", time.perf_counter() - started)
     text = summary_markdown(report, config, denoiser, left_out, timings.values, command)
-    (report_out / "real_clips.md").write_text(text)
+    write_text_atomic(report_out / "real_clips.md", text)
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
         for name in ("real_clips.md", "metrics.md", "metrics.json", "side_by_side.mp4", "contact_sheet.png"):
-            shutil.copyfile(report_out / name, report_dir / name)
+            copy_atomic(report_out / name, report_dir / name)
     print(text)
     return report
 

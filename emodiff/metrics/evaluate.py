@@ -42,14 +42,16 @@ from tqdm import tqdm
 from emodiff.control.intensity import IntensityMeasure
 from emodiff.data.audio_features import check_speech
 from emodiff.data.labels import EMOTIONS, emotion_index
-from emodiff.data.store import write_json_atomic
+from emodiff.files import atomic_path, write_json_atomic, write_text_atomic
 from emodiff.errors import EmodiffError
 from emodiff.metrics import framewise, frechet, landmarks, linearity, quality
-from emodiff.metrics.emotion import EmotionClassifier, emotion_accuracy, frame_logits
+from emodiff.metrics.emotion import emotion_accuracy, frame_logits
 from emodiff.metrics.lpips import LPIPS
 from emodiff.metrics.sync import FPS as SYNC_FPS
 from emodiff.metrics.super_resolution import load_upscaler, recorded, upscale_video
-from emodiff.metrics.sync import SyncNet, SyncScores, sync_scores
+from emodiff.metrics.sync import SyncScores, sync_scores
+from emodiff.models.emotion_classifier import EmotionClassifier
+from emodiff.models.syncnet import SyncNet
 
 REFERENCE_RUN = "reference"
 CPBD_FRAME_STRIDE = 5
@@ -225,7 +227,8 @@ def landmark_expressions(reference: dict[str, Video], runs: dict[str, dict[str, 
     import tempfile
 
     from emodiff.data.expression import LandmarkExpression, normalise_mesh
-    from emodiff.data.store import ClipStore, save_npy_atomic
+    from emodiff.data.store import ClipStore
+    from emodiff.files import save_npy_atomic
 
     extractor = LandmarkExpression()
     missing = []
@@ -558,12 +561,6 @@ def report_csv(report: dict) -> str:
     return buffer.getvalue()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp-write")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_plots(report: dict, out_dir: Path) -> list[Path]:
     """Intensity curves (target vs measured), per-emotion accuracy and FLIE curves, as PNG files."""
     import matplotlib
@@ -576,8 +573,8 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     def save(fig: "plt.Figure", name: str) -> None:
         path = out_dir / name
         fig.tight_layout()
-        fig.savefig(path.with_name(path.name + ".tmp-write.png"), dpi=100)
-        path.with_name(path.name + ".tmp-write.png").replace(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
         plt.close(fig)
         written.append(path)
 
@@ -646,8 +643,8 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     """metrics.md, metrics.csv, metrics.json (∞ written as "inf") and the plots, each written atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(out_dir / "metrics.md", report_markdown(report))
-    _write_text_atomic(out_dir / "metrics.csv", report_csv(report))
+    write_text_atomic(out_dir / "metrics.md", report_markdown(report))
+    write_text_atomic(out_dir / "metrics.csv", report_csv(report))
     write_json_atomic(out_dir / "metrics.json", _json_safe(report))
     return [out_dir / "metrics.md", out_dir / "metrics.csv", out_dir / "metrics.json", *write_plots(report, out_dir)]
 

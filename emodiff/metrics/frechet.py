@@ -20,7 +20,7 @@ import scipy.linalg
 import torch
 
 from emodiff.errors import EmodiffError
-from emodiff.metrics.lpips import module_device
+from emodiff.models.weights import module_device
 
 FVD_CLIP_FRAMES = 16
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import shutil
 from pathlib import Path
 
 import cv2
 
 from emodiff.data.labels import parse_label
-from emodiff.data.store import write_json_atomic, write_wav
+from emodiff.data.store import write_wav
+from emodiff.files import atomic_path, copy_atomic, write_json_atomic, write_text_atomic
 from emodiff.errors import EmodiffError
 
 MEAD_TEST_IDENTITIES = ("M003", "M030", "W009", "W015")
@@ -40,12 +40,6 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--identities", default=",".join(MEAD_TEST_IDENTITIES), help="Comma-separated test identities.")
     group.add_argument("--level", type=int, default=3, help="MEAD intensity level of the test videos.")
     group.add_argument("--sweep", default=DEFAULT_SWEEP, help="Intensities k of the sweep items (FLIE/LIE).")
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp-copy")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
 
 
 def write_protocol(source: Path | None, out: Path, identities: list[str], level: int, sweep: str,
@@ -77,13 +71,11 @@ def write_protocol(source: Path | None, out: Path, identities: list[str], level:
         first = next(iter(read_video(path, fps)), None)
         if first is None:
             raise EmodiffError(f"{path} has no frames.")
-        tmp = image.with_name(image.name + ".tmp-write.png")
-        cv2.imwrite(str(tmp), cv2.cvtColor(first, cv2.COLOR_RGB2BGR))
-        tmp.replace(image)
-        tmp = audio.with_name(audio.name + ".tmp-write")
-        write_wav(tmp, load_audio(path))
-        tmp.replace(audio)
-        _copy_atomic(path, out / "reference" / f"{item}.mp4")
+        with atomic_path(image) as tmp:
+            cv2.imwrite(str(tmp), cv2.cvtColor(first, cv2.COLOR_RGB2BGR))
+        with atomic_path(audio) as tmp:
+            write_wav(tmp, load_audio(path))
+        copy_atomic(path, out / "reference" / f"{item}.mp4")
         k = 0.0 if emotion == "neutral" else 1.0 if level == MEAD_STRONGEST_LEVEL else None
         write_json_atomic(out / "reference" / f"{item}.json", {"emotion": emotion, "identity": identity, "series": item,
                                                                **({} if k is None else {"intensity": k})})
@@ -99,7 +91,5 @@ def write_protocol(source: Path | None, out: Path, identities: list[str], level:
     writer = csv.writer(buffer)
     writer.writerow(["item", "identity_image", "audio", "emotion", "intensity", "series", "reference_video"])
     writer.writerows(rows)
-    tmp = out / "protocol.csv.tmp-write"
-    tmp.write_text(buffer.getvalue())
-    tmp.replace(out / "protocol.csv")
+    write_text_atomic(out / "protocol.csv", buffer.getvalue())
     return len(rows)

@@ -11,7 +11,7 @@ import torch
 from scipy.ndimage import convolve1d
 
 from emodiff.data.datasets import frames_to_tensor
-from emodiff.metrics.lpips import module_device
+from emodiff.models.weights import module_device
 
 PEAK = 255.0
 

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from emodiff.data.datasets import SequenceDataset
 from emodiff.data.store import Clip, ClipStore
 from emodiff.errors import EmodiffError
+from emodiff.files import atomic_path
 
 
 
@@ -182,8 +183,8 @@ class TrainingRun:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             for stale in self.checkpoint_dir.glob(".checkpoint-*.tmp"):  # left by a run killed while saving
                 shutil.rmtree(stale)
-            OmegaConf.save(config, self.output_dir / ".config.yaml.tmp")
-            os.replace(self.output_dir / ".config.yaml.tmp", self.output_dir / "config.yaml")
+            with atomic_path(self.output_dir / "config.yaml") as tmp:
+                OmegaConf.save(config, tmp)
         if resume == "latest" and self.resume_from is None:
             self.accelerator.print(f"no checkpoint in {self.checkpoint_dir} yet; starting from step 0")
         self.accelerator.wait_for_everyone()

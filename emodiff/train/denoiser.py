@@ -24,7 +24,9 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file
 
+from emodiff.control.intensity import IntensityMeasure
 from emodiff.data.datasets import FrameDataset
+from emodiff.data.store import ClipStore
 from emodiff.diffusion.gaussian import GaussianDiffusion
 from emodiff.diffusion.sampling import denoise_frames
 from emodiff.diffusion.schedulers import make_scheduler
@@ -118,9 +120,10 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     """Run (or continue) training; returns the output folder holding unet/ and reference_net/."""
     tc = config.train
     try:
-        dataset = FrameDataset(config.data.store, window=config.data.window, resolution=config.data.resolution,
-                               seed=config.seed, identity_source=config.data.identity_source,
-                               intensity_labels=uses_intensity(config.unet.expression_encoder),
+        store = ClipStore.open(config.data.store)
+        measure = IntensityMeasure.from_store(store) if uses_intensity(config.unet.expression_encoder) else None
+        dataset = FrameDataset(store, window=config.data.window, resolution=config.data.resolution,
+                               seed=config.seed, identity_source=config.data.identity_source, intensity_measure=measure,
                                expression_smoothing=config.data.get("expression_smoothing", 0))
     except ValueError as err:
         raise EmodiffError(f"cannot train the denoiser on {config.data.store}: {err}.") from err

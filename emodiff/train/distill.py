@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,12 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from emodiff.control.intensity import IntensityMeasure
 from emodiff.data.datasets import FrameDataset
+from emodiff.data.store import ClipStore
 from emodiff.diffusion.gaussian import GaussianDiffusion
 from emodiff.errors import EmodiffError
+from emodiff.files import atomic_path, write_json_atomic
 from emodiff.metrics.quality import psnr
 from emodiff.models.conditioning import uses_intensity
 from emodiff.models.unet import DenoisingUNet
@@ -106,10 +108,11 @@ def load_or_draw_couplings(teacher: EmoDiffPipeline, config: DictConfig, trainin
     accelerator, path = training.accelerator, training.output_dir / "couplings.safetensors"
     if not path.is_file():
         try:
-            dataset = FrameDataset(config.data.store, window=teacher.settings["window"],
-                                   resolution=teacher.settings["resolution"], seed=config.seed,
-                                   identity_source=config.data.identity_source,
-                                   intensity_labels=uses_intensity(teacher.unet.config.expression_encoder))
+            store = ClipStore.open(config.data.store)
+            measure = IntensityMeasure.from_store(store) if uses_intensity(teacher.unet.config.expression_encoder) else None
+            dataset = FrameDataset(store, window=teacher.settings["window"], resolution=teacher.settings["resolution"],
+                                   seed=config.seed, identity_source=config.data.identity_source,
+                                   intensity_measure=measure)
         except ValueError as err:
             raise EmodiffError(f"cannot draw couplings from {config.data.store}: {err}.") from err
         count = config.couplings.count
@@ -122,8 +125,8 @@ def load_or_draw_couplings(teacher: EmoDiffPipeline, config: DictConfig, trainin
         if accelerator.is_main_process:
             parts = [load_file(str(training.output_dir / f".couplings-{r}.safetensors")) for r in range(world)]
             merged = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-            save_file(merged, str(training.output_dir / ".couplings.tmp"))
-            os.replace(training.output_dir / ".couplings.tmp", path)
+            with atomic_path(path) as tmp:
+                save_file(merged, str(tmp))
             for r in range(world):
                 (training.output_dir / f".couplings-{r}.safetensors").unlink()
         accelerator.wait_for_everyone()
@@ -213,7 +216,7 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     step_counts = sorted(config.student.steps)
     grid = grid_timesteps(teacher, step_counts).to(accelerator.device)
     pipeline = EmoDiffPipeline(**{**teacher.components(), "unet": accelerator.unwrap_model(student)},
-                               **{**teacher.settings, "steps": config.student.default_steps})
+                               **{**teacher.settings, "steps": config.student.default_steps, "guidance": None})
 
     def validate(step: int) -> dict[str, float]:
         ema.store(student.parameters())
@@ -264,7 +267,7 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
         baseline, _ = compare_with_teacher(teacher, held_out, step_counts, config)
         report = {"student_psnr": scores, "teacher_psnr": baseline, "teacher_steps": int(config.teacher_sampling.steps),
                   "held_out_couplings": len(held_out)}
-        (training.output_dir / "validation.json").write_text(json.dumps(report, indent=2))
+        write_json_atomic(training.output_dir / "validation.json", report)
         pipeline.unet = DenoisingUNet.from_pretrained(paths["unet"]).eval()
         pipeline.save_pretrained(training.output_dir / "pipeline")
     return training.output_dir

@@ -18,9 +18,11 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from emodiff.data.datasets import emotion_label, frames_to_tensor
-from emodiff.data.store import ClipStore, write_json_atomic
+from emodiff.data.store import ClipStore
+from emodiff.files import write_json_atomic
 from emodiff.errors import EmodiffError
-from emodiff.metrics.emotion import EmotionClassifier, emotion_accuracy, frame_logits
+from emodiff.metrics.emotion import emotion_accuracy, frame_logits
+from emodiff.models.emotion_classifier import EmotionClassifier
 from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
                                   optimizer_step, run_as_module)
 

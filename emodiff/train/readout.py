@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from emodiff.data.datasets import frames_to_tensor
 from emodiff.data.labels import EMOTIONS, NEUTRAL
-from emodiff.data.store import write_json_atomic
+from emodiff.files import write_json_atomic
 from emodiff.data.synthetic import EMOTION_DIRECTIONS, EXPRESSION_PARAMS, MOUTH_OPEN, SyntheticWorld
 from emodiff.errors import EmodiffError
 from emodiff.models.readout import ExpressionReadout

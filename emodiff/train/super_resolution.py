@@ -33,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from emodiff.data.datasets import frames_to_tensor
-from emodiff.data.store import ClipStore, write_json_atomic
+from emodiff.data.store import ClipStore
+from emodiff.files import write_json_atomic
 from emodiff.data.synthetic import SyntheticWorld
 from emodiff.errors import EmodiffError
 from emodiff.metrics.super_resolution import sr_quality
