@@ -410,7 +410,8 @@ class EmoDiffPipeline:
     @torch.no_grad()
     def sample(self, videos: Sequence[VideoConditions], steps: int | None = None, sampler: str = "ddim",
                cfg_audio: float | None = None, cfg_expression: float | None = None, seeds: Sequence[int] | None = None,
-               progress: bool = True) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
+               progress: bool = True, real_frames: Sequence[torch.Tensor] | None = None,
+               ) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
         """Generate the videos frame by frame as one batch; yields (i, {video number: frame (3, H, W) in [-1, 1]}).
 
         `steps` None is the pipeline's `default_steps`; guidance scales None are a distilled student's baked ones
@@ -423,6 +424,9 @@ class EmoDiffPipeline:
         variants (renorm, concat, scaling; framewise paper Table 3) use instead of the expression window.
         With the `motion_noise` setting s > 0 the motion frames are noised to level s first (q_sample), as in
         training, so the grain of generated frames does not build up over the video.
+        `real_frames` (one (T, 3, H, W) tensor in [-1, 1] per video) makes the motion frames the real previous frames
+        instead of the generated ones, as in training (teacher forcing): it tells the denoiser's own error from the
+        error the autoregressive rollout adds.
         """
         device, dtype = self.device, self.unet.dtype
         steps = self.default_steps if steps is None else steps
@@ -461,7 +465,10 @@ class EmoDiffPipeline:
             frames = self.denoise(x, conditions, [f[index] for f in reference_features], scheduler, steps, cfg_audio,
                                   cfg_expression, generator=frame_generators)
             new = torch.zeros_like(identity)
-            new[index] = frames.to(dtype)
+            if real_frames is None:
+                new[index] = frames.to(dtype)
+            else:
+                new[index] = torch.stack([real_frames[v][i] for v in active]).to(device, dtype)
             previous = [previous[1], new]
             if self.super_resolution is not None:
                 frames = self.super_resolution.upscale(frames)

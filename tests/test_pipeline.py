@@ -98,6 +98,13 @@ def test_reference_net_once_and_motion_frames_are_previous_outputs():
     torch.testing.assert_close(second, torch.cat([identity, torch.stack([o[0] for o in outputs])], 1))
     torch.testing.assert_close(third, torch.cat([torch.stack([o[0] for o in outputs]),
                                                  torch.stack([o[1] for o in outputs])], 1))
+    # Teacher forcing: given the real frames, the motion frames are the real previous ones, not the outputs.
+    real = [torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(v)) * 2 - 1 for v in range(2)]
+    calls.clear()
+    forced = collect(pipeline, videos, steps=steps, sampler="ddim", seeds=[0, 1], real_frames=real)
+    torch.testing.assert_close(forced[0][0], outputs[0][0])  # the first frame sees the identity either way
+    torch.testing.assert_close(calls[2 * steps]["motion"], torch.cat([torch.stack([r[0] for r in real]),
+                                                                      torch.stack([r[1] for r in real])], 1))
 
 
 def test_guidance_runs_in_one_batch_and_scales_conditions():

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from emodiff.cli import main
 from emodiff.data.media import probe, read_video
@@ -41,7 +42,7 @@ def test_the_command_writes_the_self_reenactment_report_with_sane_baselines(smal
     assert code == 0
     report = json.loads((out / "report" / "metrics.json").read_text())
     metrics = report["metrics"]
-    assert set(metrics) == {"reference", "model", "still", "delayed"}
+    assert set(metrics) == {"reference", "model", "model_real_motion", "still", "delayed"}
     # The real segment scored against itself is perfect.
     assert float(metrics["reference"]["psnr"]) == float("inf")  # metrics.json writes ∞ as "inf"
     assert metrics["reference"]["m_lmd"] == 0.0 and metrics["reference"]["mouth_r"] == pytest.approx(1.0)
@@ -65,7 +66,7 @@ def test_the_command_writes_the_self_reenactment_report_with_sane_baselines(smal
         assert generated == pytest.approx(real, abs=0.04)
     summary = (docs / "real_clips.md").read_text()
     assert "mead_sad_crop.mp4" in summary and "silent" in summary  # left out, with its reason
-    for run in ("model", "still", "delayed"):
+    for run in ("model", "model_real_motion", "still", "delayed"):
         assert f"| {run} |" in summary
     side = next(read_video(docs / "side_by_side.mp4"))
     assert side.shape[1] == 2 * side.shape[0]  # real | generated
@@ -147,3 +148,22 @@ def test_v_prediction_loss_is_zero_at_the_true_v_and_implies_the_true_noise() ->
     wrong = diffusion.training_losses(torch.cat([noise, torch.zeros_like(v)], 1), x0, x_t, t, noise,
                                       prediction_type="v_prediction")
     assert (wrong["simple"][2:] > 0.1).all()  # ε is not v where the noise is large (v → −x_0 at t = T)
+
+
+def test_the_motion_mouth_box_holds_the_lips_of_real_crops_and_not_the_nose_or_eyes(
+        small_run: tuple[Path, Path, int]) -> None:
+    """configs/real_clips.yaml blanks a fixed box of the motion frames: it must hold the lips of every prepared real
+    frame (the crops are centred on the nose tip) and leave the nose tip and eyes, which carry the pose."""
+    from emodiff.data.store import ClipStore
+    from emodiff.train.common import CONFIG_DIR
+
+    x0, y0, x1, y1 = OmegaConf.load(CONFIG_DIR / "real_clips.yaml").denoiser.unet.motion_mouth_box
+    out, _, _ = small_run
+    store = ClipStore.open(out / "store_train")
+    points = np.concatenate([np.asarray(clip.landmarks) / np.asarray(clip.frames).shape[1] for clip in store.clips()])
+
+    def inside(p: np.ndarray) -> np.ndarray:
+        return (p[..., 0] > x0) & (p[..., 0] < x1) & (p[..., 1] > y0) & (p[..., 1] < y1)
+
+    assert inside(points[:, 48:68]).mean() > 0.99  # iBUG 48-67: the lips
+    assert not inside(points[:, 30]).any() and not inside(points[:, 36:48]).any()  # nose tip, eyes

@@ -193,3 +193,19 @@ def test_bad_trunk_config_is_one_clear_error():
         DenoisingUNet(**{**TINY, "reference_levels": (3,)})
     with pytest.raises(EmodiffError, match="attention_backend"):
         DenoisingUNet(**{**TINY, "attention_backend": "flash"})
+
+
+def test_motion_mouth_box_hides_only_the_mouth_of_the_motion_frames(tmp_path):
+    box = (0.25, 0.5, 0.75, 0.875)  # pixels 4..11 × 8..13 of a 16² frame
+    unet, reference_net = make_models(motion_mouth_box=box)
+    inputs = make_inputs(batch=1)
+    motion = inputs.pop("motion").requires_grad_(True)
+    unet(motion=motion, reference_features=reference_net(inputs["identity"]), **inputs).square().sum().backward()
+    reach = motion.grad.abs().sum((0, 1))
+    assert (reach[8:14, 4:12] == 0).all()  # what the previous frames' mouths show cannot reach the output
+    assert (reach > 0).sum() == 16 * 16 - 6 * 8  # everything else does
+    unet.save_pretrained(tmp_path)
+    assert DenoisingUNet.from_pretrained(tmp_path).config.motion_mouth_box == list(box)
+    for bad in ((0.5, 0.5, 0.25, 0.9), (0.2, 0.5, 0.8, 1.5)):
+        with pytest.raises(EmodiffError, match="motion_mouth_box"):
+            DenoisingUNet(**{**TINY, "motion_mouth_box": bad})

@@ -13,7 +13,8 @@ Every step is resumable: rerunning the same command continues where a killed run
 5. self-reenactment, the protocol of the field's papers: every held-out segment is generated from its first frame
    and its own speech (neutral, k = 0) and written beside the real segment and two baselines on the same frames,
    the identity frame repeated (`still`) and the real segment half a second late (`delayed`), as
-   RUN/videos/<run>/<clip>.mp4.
+   RUN/videos/<run>/<clip>.mp4; with `sample.real_motion`, also `model_real_motion`, the model given the real
+   previous frames (teacher forcing), to tell the denoiser's error from the rollout's.
 6. `emodiff evaluate` scores the runs against the real segments (RUN/report: metrics.md, .csv, .json, plots),
    and the report gets real_clips.md, a side-by-side video (real | generated) and a contact sheet.
 """
@@ -30,7 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from emodiff.data.audio_features import check_speech
+from emodiff.data.audio_features import check_speech, n_video_frames
 from emodiff.data.datasets import frames_to_tensor, to_uint8
 from emodiff.data.media import SAMPLE_RATE, VideoWriter, load_audio, probe, read_video
 from emodiff.data.prepare import PrepareSettings, find_sources, prepare
@@ -39,7 +40,8 @@ from emodiff.files import atomic_path, copy_atomic, write_json_atomic, write_tex
 from emodiff.errors import EmodiffError
 from emodiff.train.common import CONFIG_DIR, load_config, merge_overrides
 
-RUNS = ("model", "still", "delayed")  # generated and baseline runs, scored against "real"
+MODEL, REAL_MOTION = "model", "model_real_motion"  # generated runs, scored against "real"
+BASELINES = ("still", "delayed")
 REAL = "real"
 TIMINGS_FILE = "timings.json"
 
@@ -106,35 +108,43 @@ def write_video(path: Path, frames: np.ndarray, fps: float, audio: np.ndarray) -
 
 
 def self_reenactment(pipeline_dir: Path, store: ClipStore, out: Path, steps: int, sampler: str, seed: int,
-                     delay_seconds: float, cfg_audio: float | None = None) -> list[str]:
-    """Write out/<run>/<clip>.mp4 for every held-out clip: the real segment at the pipeline's resolution, the
-    pipeline's frames from the segment's first frame and speech (neutral, k = 0), the first frame repeated, and
-    the real segment `delay_seconds` late; `cfg_audio` is the audio guidance scale (None: none). Clips whose four
-    videos exist are skipped. Returns the clip ids."""
+                     delay_seconds: float, cfg_audio: float | None = None, real_motion: bool = False) -> list[str]:
+    """Write out/<run>/<clip>.mp4 for every held-out clip: the real segment at the pipeline's resolution (`real`),
+    the pipeline's frames from the segment's first frame and speech (`model`; neutral, k = 0; `cfg_audio` is the
+    audio guidance scale, None: none), the first frame repeated (`still`) and the real segment `delay_seconds` late
+    (`delayed`). With `real_motion`, also `model_real_motion`: the same sampling with the real previous frames as
+    motion frames (teacher forcing, as in training), which tells the denoiser's own error from the rollout's.
+    Videos that exist are kept. Returns the clip ids."""
     from emodiff.pipeline import EmoDiffPipeline
 
     clip_ids = store.clip_ids()
-    todo = [c for c in clip_ids if not all((out / run / f"{c}.mp4").is_file() for run in (REAL, *RUNS))]
-    if not todo:
-        return clip_ids
     pipeline = EmoDiffPipeline.from_pretrained(pipeline_dir)
     resolution, fps = pipeline.settings["resolution"], pipeline.settings["fps"]
-    clips = [store.clip(c) for c in todo]
-    audios = [clip.audio()[0] for clip in clips]
-    videos = [pipeline.conditions(np.array(clip.frames[0]), audio, "neutral", 0.0, seed=seed, aligned=True)
-              for clip, audio in zip(clips, audios)]
-    generated: list[list[np.ndarray]] = [[] for _ in clips]
-    for _, frames in pipeline.sample(videos, steps=steps, sampler=sampler, cfg_audio=cfg_audio,
-                                       seeds=[seed] * len(clips)):
-        for v, frame in frames.items():
-            generated[v].append(to_uint8(frame))
-    for clip, audio, frames in zip(clips, audios, generated):
-        n = min(len(frames), clip.n_frames)
+    for run in (MODEL, *([REAL_MOTION] if real_motion else [])):
+        clips = [store.clip(c) for c in clip_ids if not (out / run / f"{c}.mp4").is_file()]
+        if not clips:
+            continue
+        audios = [clip.audio()[0] for clip in clips]
+        videos = [pipeline.conditions(np.array(clip.frames[0]), audio, "neutral", 0.0, seed=seed, aligned=True)
+                  for clip, audio in zip(clips, audios)]
+        real = [frames_to_tensor(np.array(clip.frames), resolution) for clip in clips] if run == REAL_MOTION else None
+        generated: list[list[np.ndarray]] = [[] for _ in clips]
+        for _, frames in pipeline.sample(videos, steps=steps, sampler=sampler, cfg_audio=cfg_audio,
+                                         seeds=[seed] * len(clips), real_frames=real):
+            for v, frame in frames.items():
+                generated[v].append(to_uint8(frame))
+        for clip, audio, frames in zip(clips, audios, generated):
+            write_video(out / run / f"{clip.clip_id}.mp4", np.stack(frames[:clip.n_frames]), fps, audio)
+    for c in clip_ids:
+        if all((out / run / f"{c}.mp4").is_file() for run in (REAL, *BASELINES)):
+            continue
+        clip = store.clip(c)
+        audio = clip.audio()[0]
+        n = min(n_video_frames(len(audio), fps), clip.n_frames)  # the length of the generated video
         real = to_uint8(frames_to_tensor(np.array(clip.frames[:n]), resolution))
-        runs = {REAL: real, "model": np.stack(frames[:n]), "still": real[:1].repeat(n, 0),
-                "delayed": delayed(real, round(delay_seconds * fps))}
-        for run, video in runs.items():
-            write_video(out / run / f"{clip.clip_id}.mp4", video, fps, audio)
+        for run, video in ((REAL, real), ("still", real[:1].repeat(n, 0)),
+                           ("delayed", delayed(real, round(delay_seconds * fps)))):
+            write_video(out / run / f"{c}.mp4", video, fps, audio)
     return clip_ids
 
 
@@ -189,10 +199,12 @@ def summary_markdown(report: dict, config: DictConfig, denoiser: DictConfig, lef
              f"the real frames at {denoiser.data.resolution} px (evaluated as {config.evaluate.size} px crops; "
              "`emodiff evaluate --aligned`). Baselines on the same segments: `still` = the identity frame repeated, "
              f"`delayed` = the real segment {config.delay_seconds:g} s late; `reference` = the real segment against "
-             "itself.", "",
+             f"itself." + (f" `{REAL_MOTION}` = the model given the real previous frames as motion frames (teacher "
+                           "forcing, as in training): its own error, without what the autoregressive rollout adds."
+                           if REAL_MOTION in metrics else ""), "",
              "| run | " + " | ".join(t for _, t in shown) + " |", "|---" * (len(shown) + 1) + "|"]
-    for run in ("reference", *RUNS):
-        values = metrics.get(run, {})
+    for run in ("reference", *(r for r in metrics if r != "reference")):
+        values = metrics[run]
         lines.append(f"| {run} | " + " | ".join(_cell(values.get(k)) for k, _ in shown) + " |")
     lines += ["", "Wall time (s, this machine; a step killed and resumed counts the sitting that finished it): "
               + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
@@ -279,14 +291,15 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
     videos = out / "videos"
     with torch.inference_mode():
         self_reenactment(pipeline_dir, heldout_store, videos, config.sample.steps, config.sample.sampler, config.seed,
-                         config.delay_seconds, config.sample.get("cfg_audio"))
+                         config.delay_seconds, config.sample.get("cfg_audio"), config.sample.get("real_motion", False))
     timings.add("sample", time.perf_counter() - started)
 
     started = time.perf_counter()
+    runs = (MODEL, *([REAL_MOTION] if config.sample.get("real_motion", False) else []), *BASELINES)
     report_out = out / "report"
     argv = ["--reference", str(videos / REAL), "--out", str(report_out), "--aligned",
             "--size", str(config.evaluate.size), "--fps", str(fps), "--expression", "none",
-            *[f"--run={run}={videos / run}" for run in RUNS], *config.evaluate.extra]
+            *[f"--run={run}={videos / run}" for run in runs], *config.evaluate.extra]
     parser = argparse.ArgumentParser(prog="emodiff evaluate")
     evaluate.add_arguments(parser)
     evaluate.run(parser.parse_args(argv))

@@ -275,6 +275,11 @@ class DenoisingUNet(ModelMixin, ConfigMixin):
     (`prediction_type="v_prediction"`, Salimans & Ho 2022) in its first three channels, and `guidance_scales`
     (s_audio, s_expression) records the classifier-free guidance baked into it: it is sampled with one
     conditional forward per step.
+
+    With `motion_mouth_box` (x0, y0, x1, y1 as fractions of the crop side) the motion frames reach the trunk with
+    that box set to 0 (beyond the paper, for real video): emodiff's crops are centred on the nose tip
+    (docs/design.md §4.3), so the box holds the lips and chin of every frame, and the denoiser must take the mouth
+    from the audio window instead of copying the previous frame's.
     """
 
     _supports_gradient_checkpointing = True
@@ -300,10 +305,16 @@ class DenoisingUNet(ModelMixin, ConfigMixin):
         motion_noise_conditioning: bool = False,
         prediction_type: str = "epsilon",
         guidance_scales: Sequence[float] | None = None,
+        motion_mouth_box: Sequence[float] | None = None,
     ):
         super().__init__()
         if prediction_type not in PREDICTION_TYPES:
             raise EmodiffError(f"Unknown prediction_type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}.")
+        if motion_mouth_box is not None:
+            x0, y0, x1, y1 = (float(v) for v in motion_mouth_box)
+            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise EmodiffError(f"motion_mouth_box must be x0, y0, x1, y1 with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, "
+                                   f"not {list(motion_mouth_box)}.")
         self.time_embedding = TimestepEncoder(base_channels, embedding_dim)
         self.motion_noise_embedding = TimestepEncoder(base_channels, embedding_dim) if motion_noise_conditioning else None
         self.audio_embedding = WindowEncoder(audio_dim, window, embedding_dim)
@@ -315,6 +326,18 @@ class DenoisingUNet(ModelMixin, ConfigMixin):
                                groups, dropout, attention_backend, embedding_dims=(embedding_dim,) * 3)
         self.out = nn.Sequential(nn.GroupNorm(groups, self.trunk.out_channels), nn.SiLU(),
                                  zero_init(nn.Conv2d(self.trunk.out_channels, 6, 3, padding=1)))
+
+    def blank_motion_mouth(self, motion: torch.Tensor) -> torch.Tensor:
+        """The motion frames (B,6,H,W) with the `motion_mouth_box` set to 0 (unchanged without a box)."""
+        box = self.config.get("motion_mouth_box")
+        if box is None:
+            return motion
+        height, width = motion.shape[-2:]
+        x0, x1 = round(box[0] * width), round(box[2] * width)
+        y0, y1 = round(box[1] * height), round(box[3] * height)
+        keep = torch.ones_like(motion[:1, :1])
+        keep[..., y0:y1, x0:x1] = 0
+        return motion * keep
 
     @staticmethod
     def _keep(embedding: torch.Tensor, null: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -350,5 +373,6 @@ class DenoisingUNet(ModelMixin, ConfigMixin):
             self._keep(self.audio_embedding(audio), self.audio_null, audio_keep),
             self._keep(self.expression_embedding(expression, emotion, intensity), self.expression_null, expression_keep),
         )
+        motion = self.blank_motion_mouth(motion)
         h, _ = self.trunk(torch.cat([x_t, identity, motion], dim=1), embeddings, reference_features)
         return self.out(h)
