@@ -203,7 +203,7 @@ def summary_markdown(report: dict, config: DictConfig, denoiser: DictConfig, lef
                            "forcing, as in training): its own error, without what the autoregressive rollout adds."
                            if REAL_MOTION in metrics else ""), "",
              "| run | " + " | ".join(t for _, t in shown) + " |", "|---" * (len(shown) + 1) + "|"]
-    for run in ("reference", *(r for r in metrics if r != "reference")):
+    for run in [r for r in ("reference", MODEL, REAL_MOTION, *BASELINES) if r in metrics]:
         values = metrics[run]
         lines.append(f"| {run} | " + " | ".join(_cell(values.get(k)) for k, _ in shown) + " |")
     lines += ["", "Wall time (s, this machine; a step killed and resumed counts the sitting that finished it): "
@@ -330,6 +330,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     command = "emodiff real-clips " + " ".join(map(str, args.sources)) + f" --out {args.out}" + \
-        (f" --set {' '.join(args.set)}" if args.set else "")
+        (f" --report {args.report}" if args.report else "") + (f" --set {' '.join(args.set)}" if args.set else "")
     run_experiment(args.sources, args.out, args.config, args.set, args.report, command)
     return 0
