@@ -1,5 +1,6 @@
-"""Shared test helpers: the real-media fixtures folder, a tiny clip store and a tiny untrained pipeline; the guard
-that fails a test leaving torch's thread count changed, and the `single_thread` fixture that sets and restores it."""
+"""Shared test helpers: the real-media fixtures folder, a tiny clip store and a tiny untrained pipeline. Every test
+runs torch on one thread (the suite runs its modules in parallel processes instead, README "Tests"), so a test's
+numbers do not depend on the machine's cores or on which tests ran before it; a guard fails a test that changes it."""
 
 from __future__ import annotations
 
@@ -23,24 +24,21 @@ from emodiff.train.common import CONFIG_DIR, load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TORCH_THREADS = 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    torch.set_num_threads(TORCH_THREADS)
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads_unchanged() -> Iterator[None]:
     """Fail a test that leaves torch's thread count changed (and restore it), so no test depends on the ones before."""
-    before = torch.get_num_threads()
     yield
     after = torch.get_num_threads()
-    if after != before:
-        torch.set_num_threads(before)
-        pytest.fail(f"the test left torch's thread count at {after} (was {before}); use the single_thread fixture")
-
-
-@pytest.fixture
-def single_thread() -> Iterator[None]:
-    """torch on one thread for the test (small models train faster so), the thread count restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    if after != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
+        pytest.fail(f"the test left torch's thread count at {after} (the suite runs on {TORCH_THREADS})")
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,13 @@
 A small 16² synthetic store (4 identities: a neutral clip at level 1, as in MEAD, and three happy clips each),
 the expression generator trained on it with `emodiff.train.expression_gan.train` (level 3 and the neutral
 clips), the tiny denoiser config trained with `emodiff.train.denoiser.train`, the real `EmoDiffPipeline` with
-that generator, and a readout trained on renders with `emodiff.train.readout.train`.
-(a) The pipeline's e_n, G(neutral, z), must be the world's neutral (the origin): before neutral clips of every
-level joined G's training, its neutral row was never trained. For sampling, the pipeline then holds the world's
-true e_n and e_y (the origin and the happy direction) instead of G's sequences, so that what is measured is the
-denoiser: frames sampled for a training identity speaking fresh speech at k = 0, 0.5, 1 must show (b) the
-readout's happy projection rising with k (eq. 14–15 realised in pixels) and (c) the readout's mouth opening
-following the speech's true mouth opening (Pearson over frames), and (d) with k drawn afresh every frame, the happy
-projection following k rather than k one frame late, which is all that copying x^(i-1) could show.
+that generator, and a readout trained on renders with `emodiff.train.readout.train`. Everything is measured
+through the pipeline as users run it, its expression condition e_n + k·(e_y − e_n) made of G's sequences (eq. 14–15):
+(a) the pipeline's e_n, G(neutral, z), must be the world's neutral (the origin): before neutral clips of every
+level joined G's training, its neutral row was never trained. Frames sampled for a training identity speaking fresh
+speech at k = 0, 0.5, 1 must show (b) the readout's happy projection rising with k and (c) the readout's mouth
+opening following the speech's true mouth opening (Pearson over frames), and (d) with k drawn afresh every frame,
+the happy projection following k rather than k one frame late, which is all that copying x^(i-1) could show.
 
 In the happy clips k is drawn afresh every frame, so the motion frames do not show the target's intensity;
 the tiny config takes the identity frame from the person's neutral clip and drops the motion frames half the
@@ -51,18 +50,20 @@ DENOISER_STEPS, READOUT_STEPS, SAMPLING_STEPS, GENERATOR_STEPS = 3000, 800, 10, 
 LEARNING_RATE, WARMUP_STEPS = 1e-3, 50
 LEVELS_OF_K = (0.0, 0.5, 1.0)
 EMOTION = "happy"
-# Measured with the tiny config's motion-frame noise and Min-SNR-γ (seed 0, 3000 steps at lr 1e-3, 2 threads, the
-# way the suite runs it; about 6 minutes; deterministic for a seed and thread count on one machine): happy projection
-# 0.0097, 0.1003, 0.2133 at k = 0, 0.5, 1 (steps 0.091 and 0.113; renders of the truth read 0.06, 0.25, 0.43); mouth
-# r 0.792, 0.815, 0.818; |G(neutral)| 0.136. Margins: 0.041 (step), 0.054 (rise), 0.39 (mouth r), 0.064 (neutral).
-# (Without the two settings the same test gave 0.0219, 0.1574, 0.3384 and mouth r 0.59–0.69.)
+# Measured through the expression generator with the tiny config's motion-frame noise and Min-SNR-γ (seed 0, 3000
+# steps at lr 1e-3, torch on one thread as in the suite; about 5 minutes alone on one core; deterministic for a seed on
+# one machine): happy projection 0.0129, 0.0821, 0.2047 at k = 0, 0.5, 1 (steps 0.069 and 0.123; with the world's
+# true e_n and e_y in place of G's sequences 0.0129, 0.1041, 0.2195; renders of the truth read 0.06, 0.25, 0.43);
+# mouth r 0.814, 0.830, 0.828; |G(neutral)| 0.104; k jumping every frame r 0.642, one frame late 0.087.
+# Margins: 0.019 (step), 0.042 (rise), 0.41 (mouth r), 0.096 (neutral), 0.14 (jump r), 0.16 (over copying).
+# (Without the two settings of the module docstring the same test gave 0.0219, 0.1574, 0.3384 and mouth r 0.59–0.69.)
 PROJECTION_STEP = 0.05   # each step of k (0 → 0.5 → 1) raises the happy projection by more than this
 PROJECTION_RISE = 0.15   # and k = 0 → 1 by more than this
 MOUTH_R = 0.4            # Pearson r of the mouth readout with the speech's mouth at every k (chance: |r| < 0.28)
-JUMP_R = 0.5             # Pearson r of the happy projection with k when k jumps every frame: measured 0.661
-JUMP_R_OVER_COPY = 0.4   # and its margin over the same frames one frame late (copying x^(i-1)): 0.661 vs 0.059
-NEUTRAL_NORM = 0.2       # |G(neutral)| in the 8 expression parameters, frame mean: measured 0.10 (1 thread) and
-                         # 0.14 (2 threads); the neutral clips' own frames 0.08, happy level 1 0.31, level 3 0.78
+JUMP_R = 0.5             # Pearson r of the happy projection with k when k jumps every frame
+JUMP_R_OVER_COPY = 0.4   # and its margin over the same frames one frame late (copying x^(i-1))
+NEUTRAL_NORM = 0.2       # |G(neutral)| in the 8 expression parameters, frame mean (the neutral clips' own frames
+                         # 0.08, happy level 1 0.31, level 3 0.78)
 
 
 def jump_intensities(store: ClipStore, world: SyntheticWorld, rng: np.random.Generator) -> None:
@@ -118,24 +119,19 @@ def train_world(root: Path, seed: int, denoiser_overrides: tuple[str, ...] = ())
 
 
 def measure(pipeline: EmoDiffPipeline, readout: ExpressionReadout, world: SyntheticWorld, seed: int) -> dict:
-    """The norm of the generator's neutral e_n (the k = 0 condition) in the expression parameters; then, with the
-    world's true e_n and e_y, the readout of frames sampled at each k for identity 0 speaking fresh speech: mean
-    happy projection per k and the Pearson correlation of the mouth readout with the speech's true mouth opening."""
+    """The norm of the generator's neutral e_n (the k = 0 condition) in the expression parameters; the readout of
+    frames sampled at each k for identity 0 speaking fresh speech: mean happy projection per k and the Pearson
+    correlation of the mouth readout with the speech's true mouth opening; and the happy projection per frame of a
+    video whose k jumps every frame, correlated with k and with k one frame late."""
     audio, mouth = world.speech(N_FRAMES, 0.5, np.random.default_rng([seed, 1]))
     identity = world.render(world.identity(0), np.zeros((1, len(EXPRESSION_PARAMS))))[0]
-    neutral = pipeline.conditions(identity, audio, EMOTION, 0.0, aligned=True, seed=seed).expression
-    neutral_norm = float(np.linalg.norm(neutral[:, :len(EXPRESSION_PARAMS)].numpy(), axis=1).mean())
-    pipeline.expression_generator = None
-    reference = pipeline.expression_reference
-    reference.neutral.zero_()
-    reference.targets.zero_()
-    reference.targets[:, :len(EXPRESSION_PARAMS)] = torch.from_numpy(EMOTION_DIRECTIONS)
-    videos = [pipeline.conditions(identity, audio, EMOTION, k, aligned=True) for k in LEVELS_OF_K]
+    videos = [pipeline.conditions(identity, audio, EMOTION, k, aligned=True, seed=seed) for k in LEVELS_OF_K]
+    neutral_norm = float(np.linalg.norm(videos[0].expression[:, :len(EXPRESSION_PARAMS)].numpy(), axis=1).mean())
     # one more video whose k jumps to a fresh value every frame, so that x^(i-1) says nothing about frame i's k
     jumps = np.random.default_rng([seed, 2]).uniform(0.0, 1.0, N_FRAMES).astype(np.float32)
     weights = videos[0].emotion_weights.numpy()
     videos.append(dataclasses.replace(videos[0], intensity=torch.from_numpy(jumps), expression=torch.as_tensor(
-        pipeline.expression_sequence(weights, jumps), dtype=torch.float32)))
+        pipeline.expression_sequence(weights, jumps, seed=seed), dtype=torch.float32)))
     frames: list[list[np.ndarray]] = [[] for _ in videos]
     for _, batch in pipeline.sample(videos, steps=SAMPLING_STEPS, seeds=[seed] * len(videos), progress=False):
         for v, frame in batch.items():

@@ -88,7 +88,7 @@ SNAPSHOTS = 8  # generator checkpoints, 25 steps apart, whose samples the learni
 
 
 @pytest.mark.slow
-def test_generated_sequences_are_recognised_as_their_emotion(tmp_path, single_thread):
+def test_generated_sequences_are_recognised_as_their_emotion(tmp_path):
     """What is measured are the samples of G's last 8 checkpoints (steps 125, 150, …, 300) pooled: G oscillates
     around its equilibrium from step to step, so one snapshot is a draw of that oscillation, and which draw depends on
     float rounding (thread count, CPU). With the step-300 generator alone, |mean G(neutral) − neutral clips' mean| was
@@ -144,7 +144,7 @@ def test_generated_sequences_are_recognised_as_their_emotion(tmp_path, single_th
     assert snapshots[-1][:n].std(dim=0).mean() > 0.02
 
 
-def test_ablations_and_exact_resume(tmp_path, single_thread):
+def test_ablations_and_exact_resume(tmp_path):
     """Each Table 4 setup trains what it says: the local terms exist only with D_l, and the global
     discriminator is a dilated residual TCN or plain convolutions."""
     import json

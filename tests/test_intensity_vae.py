@@ -57,7 +57,7 @@ TINY = ["--set", "data.window=32", "data.stride=8", "model.hidden=32", "model.n_
 
 
 @pytest.mark.slow
-def test_predictor_learns_intensity_from_audio(tmp_path, capsys, single_thread):
+def test_predictor_learns_intensity_from_audio(tmp_path, capsys):
     make_store(tmp_path / "train", 12, seed=0)
     _, test_clips = make_store(tmp_path / "test", 4, seed=1)
     out = tmp_path / "run"
@@ -97,7 +97,7 @@ def test_predictor_learns_intensity_from_audio(tmp_path, capsys, single_thread):
     assert "expects (frames, 320)" in capsys.readouterr().err
 
 
-def test_resume_continues_exactly(tmp_path, capsys, single_thread):
+def test_resume_continues_exactly(tmp_path, capsys):
     make_store(tmp_path / "store", 4, n_frames=48)
     common = ["--store", str(tmp_path / "store"), *TINY, "train.checkpoint_every=3", "train.keep_checkpoints=2"]
     assert main(["train", "intensity", "--output-dir", str(tmp_path / "once"), *common, "train.max_steps=10"]) == 0
