@@ -55,7 +55,7 @@ def build_app(pipeline: Any, checkpoint: Path, work_dir: Path, concurrency: int 
     from emodiff.control import ScheduleOptions
     from emodiff.control.intensity import parse_keyframes
     from emodiff.data.labels import EMOTIONS
-    from emodiff.pipeline import SAMPLERS
+    from emodiff.diffusion.schedulers import SAMPLERS
     from emodiff.sample_form import (INTENSITY_MODES, Cancellations, SampleJob, SampleRequest, face_warning,
                                      intensity_spec, preview_schedule, timeline_spec, write_examples)
 

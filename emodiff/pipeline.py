@@ -36,15 +36,14 @@ from emodiff.control import ScheduleOptions, expression_condition, frame_schedul
 from emodiff.data.datasets import frames_to_tensor, window_indices
 from emodiff.data.labels import NEUTRAL
 from emodiff.data.store import ClipStore
-from emodiff.diffusion.gaussian import GaussianDiffusion
-from emodiff.diffusion.schedulers import make_scheduler, scheduler_model_output
+from emodiff.diffusion.gaussian import GaussianDiffusion, motion_frames
+from emodiff.diffusion.sampling import GuidanceRow, UNGUIDED, denoise
+from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.errors import EmodiffError
 from emodiff.files import write_text_atomic
 from emodiff.inference import InferenceOptions, autocast, prepare_modules
 from emodiff.models.expression_reference import ExpressionReference
 
-# command-line sampler names -> `make_scheduler` names
-SAMPLERS = {"ddpm": "ddpm", "ddim": "ddim", "dpm++": "dpmsolver++"}
 COMPONENTS = ("unet", "reference_net", "expression_reference", "expression_generator",
               "intensity_predictor", "super_resolution")
 OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_resolution")
@@ -328,11 +327,9 @@ class EmoDiffPipeline:
 
     def make_sampler(self, sampler: str, steps: int) -> SchedulerMixin:
         """A diffusers scheduler of the requested kind with the trained β schedule (validates `steps`)."""
-        if sampler not in SAMPLERS:
-            raise EmodiffError(f"Unknown sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}.")
         if steps < 1:
             raise EmodiffError(f"The number of sampling steps must be at least 1, not {steps}.")
-        return make_scheduler(SAMPLERS[sampler], self.settings["diffusion"],
+        return make_scheduler(sampler, self.settings["diffusion"],
                               self.unet.config.get("prediction_type", "epsilon"))
 
     def guidance_scales(self, cfg_audio: float | None, cfg_expression: float | None) -> tuple[float, float]:
@@ -348,13 +345,13 @@ class EmoDiffPipeline:
                                f"{asked[1]:g}; leave the guidance scales unset or use the teacher's pipeline.")
         return asked
 
-    def guidance_rows(self, cfg_audio: float | None, cfg_expression: float | None) -> list[tuple[bool, bool]]:
+    def guidance_rows(self, cfg_audio: float | None, cfg_expression: float | None) -> list[GuidanceRow]:
         """The (audio kept, expression kept) rows one denoising step evaluates as one batch: (a,e), then (a,∅) for
         either guidance, then (∅,∅) for audio guidance; a distilled student (guidance baked in) needs only (a,e)."""
         s_a, s_e = self.guidance_scales(cfg_audio, cfg_expression)
         if self.guidance_baked is not None:
-            return [(True, True)]
-        return [(True, True)] + [(True, False)] * (s_a != 1.0 or s_e != 1.0) + [(False, False)] * (s_a != 1.0)
+            return list(UNGUIDED)
+        return [*UNGUIDED] + [(True, False)] * (s_a != 1.0 or s_e != 1.0) + [(False, False)] * (s_a != 1.0)
 
     def forwards_per_frame(self, steps: int, cfg_audio: float | None = None, cfg_expression: float | None = None) -> int:
         """UNet evaluations (batch rows) per generated frame: steps × guidance rows."""
@@ -372,40 +369,12 @@ class EmoDiffPipeline:
     def denoise(self, x: torch.Tensor, conditions: dict[str, torch.Tensor], reference_features: Sequence[torch.Tensor],
                 scheduler: SchedulerMixin, steps: int, cfg_audio: float | None = None, cfg_expression: float | None = None,
                 generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
-        """x_T (B,3,H,W) → x_0 in [−1, 1] for one batch of frames (eq. 3) with the scheduler's `steps` steps.
-
-        `conditions` holds the UNet inputs of the frames (identity, motion, motion_noise, audio and expression
-        windows, emotion, intensity). Every step is one batched UNet call over the guidance rows, combined as
-        ε = ε(∅,∅) + s_a·(ε(a,∅) − ε(∅,∅)) + s_e·(ε(a,e) − ε(a,∅)); the variance comes from ε(a,e).
-        """
-        rows = self.guidance_rows(cfg_audio, cfg_expression)  # one row: a student's guided or an unguided prediction
-        s_a, s_e = self.guidance_scales(cfg_audio, cfg_expression)
-
-        def per_row(value: torch.Tensor) -> torch.Tensor:  # one copy of a batch per guidance row
-            return value if len(rows) == 1 else value.repeat(len(rows), *[1] * (value.dim() - 1))
-
-        inputs: dict[str, object] = {key: per_row(value) for key, value in conditions.items()}
-        inputs["reference_features"] = [per_row(f) for f in reference_features]
-        keep = torch.tensor(rows, device=x.device).repeat_interleave(len(x), 0)
-        inputs.update(audio_keep=keep[:, 0], expression_keep=keep[:, 1])
-        dtype = self.unet.dtype
-        x = x * scheduler.init_noise_sigma
-        scheduler.set_timesteps(steps, device=x.device)  # also resets multistep state between frames
-        for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(x, t).to(dtype)
-            with autocast(x.device, self.inference.precision):
-                out = self.unet(per_row(model_input), t, **inputs).float()
-            if len(rows) > 1:
-                out = dict(zip(rows, out.chunk(len(rows))))
-                full = out[(True, True)]
-                eps = full[:, :3]
-                if s_e != 1.0:
-                    eps = eps + (s_e - 1.0) * (full[:, :3] - out[(True, False)][:, :3])
-                if s_a != 1.0:
-                    eps = eps + (s_a - 1.0) * (out[(True, False)][:, :3] - out[(False, False)][:, :3])
-                out = torch.cat([eps, full[:, 3:]], 1)
-            x = scheduler.step(scheduler_model_output(scheduler, out), t, x, generator=generator).prev_sample
-        return x.clamp(-1, 1)
+        """x_T (B,3,H,W) → x_0 in [−1, 1] for one batch of frames (eq. 3): `emodiff.diffusion.sampling.denoise` with
+        this pipeline's guidance rows and scales, in its inference precision."""
+        with autocast(x.device, self.inference.precision):
+            return denoise(self.unet, scheduler, x, conditions, reference_features, steps,
+                           self.guidance_rows(cfg_audio, cfg_expression), self.guidance_scales(cfg_audio, cfg_expression),
+                           generator)
 
     @torch.no_grad()
     def sample(self, videos: Sequence[VideoConditions], steps: int | None = None, sampler: str = "ddim",
@@ -451,7 +420,7 @@ class EmoDiffPipeline:
             level = torch.full((len(active),), motion_noise, device=device)
             if motion_noise:
                 noise = torch.stack([torch.randn(motion.shape[1:], generator=g, device=device) for g in frame_generators])
-                motion = diffusion.q_sample(motion, level, noise.to(dtype)).to(dtype)
+                motion = motion_frames(diffusion, motion, identity[index], levels=level, noise=noise.to(dtype))
             conditions = {
                 "identity": identity[index],
                 "motion": motion,

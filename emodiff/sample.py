@@ -39,7 +39,8 @@ from emodiff.errors import EmodiffError
 from emodiff.inference import InferenceOptions, add_inference_arguments
 from emodiff.metrics.super_resolution import describe
 from emodiff.models.rrdbnet import RELEASED_WEIGHTS, RRDBNet
-from emodiff.pipeline import SAMPLERS, EmoDiffPipeline, VideoConditions, pipeline_folder
+from emodiff.diffusion.schedulers import SAMPLERS
+from emodiff.pipeline import EmoDiffPipeline, VideoConditions, pipeline_folder
 
 SR_SCALES = {"none": None, "x2": 2, "x4": 4}
 JOB_KEYS = ("identity", "audio", "emotion", "intensity", "out")

@@ -11,7 +11,7 @@ from torch.distributions import Normal, kl_divergence
 
 from emodiff.diffusion.gaussian import (GaussianDiffusion, discretized_gaussian_log_likelihood, make_betas,
                                         normal_kl)
-from emodiff.diffusion.sampling import denoise_frames
+from emodiff.diffusion.sampling import denoise
 from emodiff.diffusion.schedulers import SAMPLERS, make_scheduler
 from emodiff.errors import EmodiffError
 
@@ -126,10 +126,12 @@ def test_schedulers_share_training_betas_and_recover_a_point_mass(name):
         eps = (x - abar.sqrt() * target) / (1 - abar).sqrt()
         return torch.cat([eps, torch.zeros_like(eps)], 1)
 
+    generator = torch.Generator().manual_seed(0)
     empty = torch.zeros(1, 3, 4, 4)
-    out = denoise_frames(oracle, scheduler, empty, empty.repeat(1, 2, 1, 1), torch.zeros(1, 5, 2),
-                         torch.zeros(1, 5, 2), [], num_inference_steps=20 if name != "ddpm" else 100,
-                         generator=torch.Generator().manual_seed(0))
+    conditions = {"identity": empty, "motion": empty.repeat(1, 2, 1, 1), "audio": torch.zeros(1, 5, 2),
+                  "expression": torch.zeros(1, 5, 2)}
+    out = denoise(oracle, scheduler, torch.randn(empty.shape, generator=generator), conditions, [],
+                  20 if name != "ddpm" else 100, generator=generator)
     torch.testing.assert_close(out, target, atol=2e-2, rtol=0)
 
 

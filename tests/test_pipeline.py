@@ -146,13 +146,13 @@ class KnownEpsilon(torch.nn.Module):
 @pytest.mark.parametrize("cfg_audio, cfg_expression", [(3.0, 2.0), (1.0, 2.5), (2.0, 1.0)])
 def test_guidance_combines_the_predictions_exactly(monkeypatch, cfg_audio, cfg_expression):
     """ε̂ = ε(∅,∅) + s_a·(ε(a,∅) − ε(∅,∅)) + s_e·(ε(a,e) − ε(a,∅)) = x/10 + s_a·A + s_e·(E + 3AE), variance from ε(a,e)."""
-    import emodiff.pipeline as pipeline_module
+    import emodiff.diffusion.sampling as sampling
 
     pipeline = tiny_pipeline()
     pipeline.unet = KnownEpsilon()
     seen = []
-    original = pipeline_module.scheduler_model_output
-    monkeypatch.setattr(pipeline_module, "scheduler_model_output",
+    original = sampling.scheduler_model_output
+    monkeypatch.setattr(sampling, "scheduler_model_output",
                         lambda scheduler, prediction: seen.append(prediction) or original(scheduler, prediction))
     videos = [random_video(2, seed=3), random_video(2, seed=4)]
     inputs = []

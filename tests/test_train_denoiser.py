@@ -21,7 +21,7 @@ from emodiff.cli import main as cli_main
 from emodiff.data.datasets import FrameDataset
 from emodiff.data.store import ClipStore
 from emodiff.diffusion.gaussian import GaussianDiffusion
-from emodiff.diffusion.sampling import denoise_frames
+from emodiff.diffusion.sampling import denoise
 from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
@@ -90,10 +90,11 @@ def sampled_psnr(unet: DenoisingUNet, reference_net: ReferenceNet, store: Path) 
     dataset = FrameDataset(store, resolution=SIZE)
     items = [dataset[i] for i in range(0, len(dataset), 3)]
     batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
-    frames = denoise_frames(unet.eval(), make_scheduler("ddim", {"num_train_timesteps": 1000, "beta_schedule": "linear"}),
-                            batch["identity"], batch["motion"], batch["audio"], batch["expression"],
-                            reference_net.eval()(batch["identity"]), num_inference_steps=20,
-                            generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    conditions = {key: batch[key] for key in ("identity", "motion", "audio", "expression")}
+    frames = denoise(unet.eval(), make_scheduler("ddim", {"num_train_timesteps": 1000, "beta_schedule": "linear"}),
+                     torch.randn(batch["identity"].shape, generator=generator), conditions,
+                     reference_net.eval()(batch["identity"]), 20, generator=generator)
     return psnr(frames, batch["target"])
 
 

@@ -64,6 +64,19 @@ def masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Te
     return ((a - b) ** 2 * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp(min=1.0)
 
 
+def motion_frames(diffusion: "GaussianDiffusion", motion: torch.Tensor, identity: torch.Tensor,
+                  dropped: torch.Tensor | None = None, levels: torch.Tensor | None = None,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
+    """x^(i−2) ⊕ x^(i−1) (B,6,H,W) as the UNet gets them in training, distillation and sampling (docs/design.md §5.1,
+    beyond the paper): the identity frame (B,3,H,W) in place of both where `dropped` (B,) is True, as for a video's
+    first frame, then noised to `levels` (B,) with `noise` by q_sample (eq. 2) when levels are given."""
+    if dropped is not None:
+        motion = torch.where(dropped[:, None, None, None], identity.repeat(1, 2, 1, 1), motion)
+    if levels is not None:
+        motion = diffusion.q_sample(motion, levels, noise).to(motion.dtype)
+    return motion
+
+
 class GaussianDiffusion:
     """Forward process, posterior and hybrid loss for T timesteps t = 0..T−1 (eq. 1–10, 16)."""
 

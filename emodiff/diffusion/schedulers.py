@@ -12,7 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from emodiff.diffusion.gaussian import make_betas
 from emodiff.errors import EmodiffError
 
-SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+SAMPLERS = ("ddpm", "ddim", "dpm++")  # the one sampler vocabulary of the CLI, the app, the YAML configs and the pipeline
 
 
 def make_scheduler(name: str, diffusion_config: Mapping[str, Any], prediction_type: str = "epsilon") -> SchedulerMixin:
@@ -32,11 +32,11 @@ def make_scheduler(name: str, diffusion_config: Mapping[str, Any], prediction_ty
         return DDPMScheduler(**common, variance_type="learned_range", clip_sample=True)
     if name == "ddim":
         return DDIMScheduler(**common, clip_sample=True, set_alpha_to_one=True, timestep_spacing="trailing")
-    if name == "dpmsolver++":
+    if name == "dpm++":
         return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
                                            variance_type="learned_range", timestep_spacing="trailing",
                                            thresholding=True, sample_max_value=1.0)
-    raise EmodiffError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    raise EmodiffError(f"Unknown sampler '{name}'; choose one of: {', '.join(SAMPLERS)}.")
 
 
 def scheduler_model_output(scheduler: SchedulerMixin, model_output: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,8 @@ from safetensors.torch import load_file
 from emodiff.control.intensity import IntensityMeasure
 from emodiff.data.datasets import FrameDataset
 from emodiff.data.store import ClipStore
-from emodiff.diffusion.gaussian import GaussianDiffusion
-from emodiff.diffusion.sampling import denoise_frames
+from emodiff.diffusion.gaussian import GaussianDiffusion, motion_frames
+from emodiff.diffusion.sampling import denoise
 from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.errors import EmodiffError
 from emodiff.models.conditioning import WindowEncoder, uses_intensity
@@ -49,16 +49,15 @@ def compute_losses(batch: dict[str, torch.Tensor], unet: torch.nn.Module, refere
     x_t = diffusion.q_sample(x0, t, noise)
     audio_keep = torch.rand(b, device=x0.device) >= config.train.audio_drop
     expression_keep = torch.rand(b, device=x0.device) >= config.train.expression_drop
-    # Motion-frame dropout (beyond the paper): the identity frame stands in for both motion frames, as for
-    # the first frame at sampling time, so the mouth and the expression must come from the conditions.
-    motion_dropped = torch.rand(b, device=x0.device) < config.train.motion_drop
-    motion = torch.where(motion_dropped[:, None, None, None], batch["identity"].repeat(1, 2, 1, 1), batch["motion"])
-    # Conditioning augmentation (beyond the paper): motion frames noised to a random level s < motion_noise_max,
-    # s given to the UNet; sampling noises its generated motion frames to a fixed small level.
+    # Motion-frame dropout and noise (beyond the paper): the identity frame in place of both motion frames, as for
+    # the first frame at sampling time, so the mouth and the expression must come from the conditions; motion frames
+    # noised to a random level s < motion_noise_max, s given to the UNet (sampling uses a fixed small level).
+    dropped = torch.rand(b, device=x0.device) < config.train.motion_drop
     motion_noise = None  # off: no draw, so the paper's setting keeps its random stream
     if config.train.motion_noise_max:
         motion_noise = torch.randint(0, config.train.motion_noise_max, (b,), device=x0.device)
-        motion = diffusion.q_sample(motion, motion_noise, torch.randn_like(motion))
+    noise_draw = None if motion_noise is None else torch.randn_like(batch["motion"])
+    motion = motion_frames(diffusion, batch["motion"], batch["identity"], dropped, motion_noise, noise_draw)
     out = unet(x_t, t, identity=batch["identity"], motion=motion, audio=batch["audio"],
                expression=batch["expression"], reference_features=reference_net(batch["identity"]),
                emotion=batch["emotion"], intensity=batch.get("intensity"), audio_keep=audio_keep,
@@ -85,10 +84,12 @@ def write_validation_strip(unet: DenoisingUNet, reference_net: ReferenceNet, dat
     items = [dataset[int(i)] for i in np.linspace(0, len(dataset) - 1, n).astype(int)]
     batch = {k: torch.stack([item[k] for item in items]).to(device) for k in items[0]}
     scheduler = make_scheduler(config.validation.sampler, config.diffusion, unet.config.prediction_type)
-    sampled = denoise_frames(unet, scheduler, batch["identity"], batch["motion"], batch["audio"], batch["expression"],
-                             reference_net(batch["identity"]), config.validation.steps,
-                             generator=torch.Generator(device).manual_seed(0), emotion=batch["emotion"],
-                             intensity=batch.get("intensity"))
+    conditions = {key: batch[key] for key in ("identity", "motion", "audio", "expression", "emotion", "intensity")
+                  if key in batch}
+    generator = torch.Generator(device).manual_seed(0)
+    x = torch.randn(batch["identity"].shape, generator=generator, device=device)
+    sampled = denoise(unet, scheduler, x, conditions, reference_net(batch["identity"]), config.validation.steps,
+                      generator=generator)
     save_image_rows(path, [batch["target"], sampled])
 
 

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from emodiff.control.intensity import IntensityMeasure
 from emodiff.data.datasets import FrameDataset
 from emodiff.data.store import ClipStore
-from emodiff.diffusion.gaussian import GaussianDiffusion
+from emodiff.diffusion.gaussian import GaussianDiffusion, motion_frames
 from emodiff.errors import EmodiffError
 from emodiff.files import atomic_path, write_json_atomic
 from emodiff.metrics.quality import psnr
@@ -87,10 +87,10 @@ def draw_couplings(teacher: EmoDiffPipeline, dataset: FrameDataset, indices: np.
         identity = batch["identity"].to(dtype)
         # the first frames of a video have the identity frame as both motion frames
         dropped = torch.rand(b, generator=generator, device=device) < config.data.motion_drop
-        motion = torch.where(dropped[:, None, None, None], identity.repeat(1, 2, 1, 1), batch["motion"].to(dtype))
         levels = torch.full((b,), level, device=device)
-        if level:
-            motion = diffusion.q_sample(motion, levels, torch.randn(motion.shape, generator=generator, device=device))
+        noise_draw = torch.randn(batch["motion"].shape, generator=generator, device=device) if level else None
+        motion = motion_frames(diffusion, batch["motion"].to(dtype), identity, dropped, levels if level else None,
+                               noise_draw)
         conditions = {"identity": identity, "motion": motion.to(dtype), "motion_noise": levels,
                       "audio": batch["audio"].to(dtype), "expression": batch["expression"].to(dtype),
                       "emotion": batch["emotion"],
