@@ -34,9 +34,9 @@ from benchmarks.throughput import (count_flops, device_name, peak_memory, peak_t
                                    share_of_peak, synchronize)
 from emodiff.data.labels import EMOTIONS  # noqa: E402
 from emodiff.data.media import VideoWriter  # noqa: E402
-from emodiff.inference import ATTENTION_BACKENDS, PRECISIONS, InferenceOptions, autocast, prepare_modules  # noqa: E402
+from emodiff.inference import PRECISIONS, InferenceOptions, autocast, prepare_modules  # noqa: E402
 from emodiff.models.reference_net import ReferenceNet  # noqa: E402
-from emodiff.models.unet import DenoisingUNet  # noqa: E402
+from emodiff.models.unet import ATTENTION_BACKENDS, DenoisingUNet  # noqa: E402
 from emodiff.models.expression_reference import ExpressionReference  # noqa: E402
 from emodiff.pipeline import EmoDiffPipeline, VideoConditions  # noqa: E402
 from emodiff.data.datasets import to_uint8  # noqa: E402

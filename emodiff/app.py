@@ -1,19 +1,9 @@
-"""Serve a pipeline in the browser: face, speech, emotion timeline and intensity curve in, talking-head video out.
+"""The browser app of `emodiff app` (described in emodiff/cli/app.py): a thin Gradio layer over `emodiff.sample_form`.
 
-    emodiff app [--checkpoint DIR] [--host 127.0.0.1] [--port 7860] [--concurrency N] [--verbose]
-
-Needs the `app` extra (`pip install -e ".[app]"`, Gradio). The page takes a face (upload, webcam or an example face
-of the pipeline's synthetic world), speech (upload, microphone or an example), an emotion timeline (rows of emotion
-and start time, cross-fade), the intensity (a constant, key frames of time and k with their interpolation, or
-predicted from the voice with scale, clip and smoothing), the sampler, steps, guidance and seed. The schedule plot
-follows every edit before any sampling, and a schedule `emodiff sample` would refuse shows its sentence next to the
-field. Generate shows per-frame progress and can be cancelled; the result is the mp4 with its audio, the schedule
-plot, a contact sheet, a zip of them with the inputs, and the `emodiff sample` command that makes the same video.
-Requests are queued, N at a time (default 1); a bad or cancelled request only ends itself. The default pipeline is
-the bundled demo (emodiff/assets/demo); the server listens on 127.0.0.1 unless told otherwise.
+`serve` loads the pipeline, builds the page (`build_app`) and serves it until Ctrl+C or SIGTERM; requests are queued,
+N at a time, and the work folder (examples, previews and jobs) is removed at exit.
 """
 
-import argparse
 import atexit
 import os
 import shutil
@@ -29,14 +19,6 @@ from emodiff.errors import EmodiffError
 CSS = ("video, .image-frame img {image-rendering: pixelated;}"  # small frames are enlarged without blurring
        "#status {min-height: 4em;}")  # room for the queue position Gradio shows over the status line
 STATUS_INTERVAL = 0.5  # seconds between status-line updates while sampling (the progress bar follows every frame)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, help="pipeline folder (default: the bundled emodiff/assets/demo)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--concurrency", type=int, default=1,
-                        help="videos sampled at once; further requests wait in the queue (default 1)")
 
 
 def _import_gradio() -> Any:
@@ -229,29 +211,29 @@ def build_app(pipeline: Any, checkpoint: Path, work_dir: Path, concurrency: int 
     return page
 
 
-def run(args: argparse.Namespace) -> int:
+def serve(checkpoint: Path | None = None, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1) -> None:
+    """Serve the app of the pipeline at `checkpoint` (default: the bundled demo) on host:port, `concurrency` videos
+    sampled at once, until Ctrl+C or SIGTERM."""
     import torch
 
     from emodiff.demo import bundled_checkpoint
     from emodiff.sample import load_pipeline
-    from emodiff.sample_form import parse_sample_arguments
 
-    if args.concurrency < 1:
-        raise EmodiffError(f"--concurrency must be at least 1, not {args.concurrency}.")
+    if concurrency < 1:
+        raise EmodiffError(f"--concurrency must be at least 1, not {concurrency}.")
     _import_gradio()
-    checkpoint = (args.checkpoint if args.checkpoint is not None else bundled_checkpoint()).resolve()
-    pipeline = load_pipeline(parse_sample_arguments(["--checkpoint", str(checkpoint)]))
+    checkpoint = (checkpoint if checkpoint is not None else bundled_checkpoint()).resolve()
+    pipeline = load_pipeline(checkpoint)
     pipeline.to("cuda" if torch.cuda.is_available() else "cpu")
     work_dir = Path(tempfile.mkdtemp(prefix="emodiff-app-"))  # examples, previews and jobs; removed at exit
     atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
-    page = build_app(pipeline, checkpoint, work_dir, args.concurrency)
+    page = build_app(pipeline, checkpoint, work_dir, concurrency)
     try:
-        page.launch(server_name=args.host, server_port=args.port, css=CSS, ssr_mode=False, show_error=True,
+        page.launch(server_name=host, server_port=port, css=CSS, ssr_mode=False, show_error=True,
                     allowed_paths=[str(work_dir)], quiet=True, prevent_thread_lock=True)
     except OSError:
-        raise EmodiffError(f"Cannot serve on {args.host}:{args.port}: the port is taken or the address is not this "
+        raise EmodiffError(f"Cannot serve on {host}:{port}: the port is taken or the address is not this "
                            "machine's; choose another --port or --host.") from None
-    print(f"emodiff app: pipeline {checkpoint}; open http://{args.host}:{args.port} (Ctrl+C stops)", flush=True)
+    print(f"emodiff app: pipeline {checkpoint}; open http://{host}:{port} (Ctrl+C stops)", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl+C: the work folder goes
     page.block_thread()
-    return 0

@@ -1,26 +1,14 @@
-"""Run the demo: a held-out synthetic face speaks with a rising intensity and an emotion change.
+"""The demo (`emodiff demo`, described in emodiff/cli/demo.py): a held-out synthetic face speaks with a rising
+intensity and an emotion change.
 
-    emodiff demo [--out DIR] [--checkpoint DIR] [--steps N] [--seed S] [--cfg-exp S]
-                 [--precision bf16] [--channels-last] [--compile] [--attention sdpa|xformers]
-
-A face the demo pipeline never saw in training (an identity of the synthetic world, docs/design.md §11, rendered
-with the world seed and size recorded in the pipeline folder's `synthetic_world.json`) speaks synthetic
-speech (`SyntheticWorld.speech`, louder and higher when k is higher) for four seconds while the emotion
-changes from happy to surprised and the intensity k follows key frames. The frames come from the
-ordinary sampling path (`EmoDiffPipeline.conditions` + `sample`, eq. 14–15 for the expression condition).
-DIR (default ./emodiff_demo) receives demo.mp4 (with the speech), intensity.png (k and the emotion
-weights over time), contact_sheet.png (the identity image and frames with their k and emotion), and the inputs
-identity.png (a render `emodiff sample` recognises as this world's face) and speech.wav, to try other settings:
-`emodiff sample --checkpoint DIR --identity DIR/identity.png --audio DIR/speech.wav ...`.
-The default checkpoint is the bundled one in emodiff/assets/demo, made by scripts/train_synthetic.sh.
-
-The synthetic world is a test bed: the demo shows the mechanics of emotion and intensity control on
-cartoon faces, not what a model trained on real recordings produces.
+A face the demo pipeline never saw (an identity of the synthetic world, docs/design.md §11) speaks synthetic speech
+while the emotion changes from happy to surprised and k follows key frames, through the ordinary sampling path
+(`EmoDiffPipeline.conditions` + `sample`, eq. 14–15 for the expression condition). The synthetic world is a test
+bed: the demo shows the mechanics of emotion and intensity control on cartoon faces.
 """
 
 from __future__ import annotations
 
-import argparse
 from importlib import resources
 from pathlib import Path
 
@@ -34,7 +22,7 @@ from emodiff.data.store import write_wav
 from emodiff.data.synthetic import SyntheticWorld, save_render, trained_world, unseen_identities
 from emodiff.errors import EmodiffError
 from emodiff.files import atomic_path
-from emodiff.inference import InferenceOptions, add_inference_arguments
+from emodiff.inference import InferenceOptions
 from emodiff.metrics.super_resolution import describe, recorded
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.data.datasets import to_uint8
@@ -49,17 +37,6 @@ SHEET_FRAMES = 8
 def bundled_checkpoint() -> Path:
     """emodiff/assets/demo inside the installed package."""
     return Path(str(resources.files("emodiff"))) / "assets" / "demo"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("emodiff_demo"), help="output folder (default ./emodiff_demo)")
-    parser.add_argument("--checkpoint", type=Path, help="pipeline folder (default: the bundled emodiff/assets/demo)")
-    parser.add_argument("--steps", type=int, help="DDIM steps per frame (default: the pipeline's own)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the speech and the sampling noise (default 0)")
-    parser.add_argument("--cfg-exp", type=float,
-                        help="classifier-free guidance scale for the expression (default: the pipeline's own; a "
-                             "distilled pipeline has its own baked in)")
-    add_inference_arguments(parser)
 
 
 def load_demo_pipeline(checkpoint: Path) -> EmoDiffPipeline:
@@ -108,26 +85,29 @@ def write_contact_sheet(path: Path, identity: np.ndarray, frames: dict[int, np.n
         figure.savefig(tmp, dpi=100)
 
 
-def run(args: argparse.Namespace) -> int:
-    checkpoint = args.checkpoint if args.checkpoint is not None else bundled_checkpoint()
-    pipeline = load_demo_pipeline(checkpoint).accelerate_inference(InferenceOptions.from_args(args))
+def run_demo(out: Path, checkpoint: Path | None = None, steps: int | None = None, seed: int = 0,
+             cfg_exp: float | None = None, inference: InferenceOptions = InferenceOptions()) -> dict[str, Path]:
+    """Write the demo into `out` with the pipeline at `checkpoint` (default: the bundled one) and `steps` DDIM steps
+    and expression guidance `cfg_exp` (default: the pipeline's own); returns the written files by name."""
+    checkpoint = checkpoint if checkpoint is not None else bundled_checkpoint()
+    pipeline = load_demo_pipeline(checkpoint).accelerate_inference(inference)
     fps, resolution = pipeline.settings["fps"], pipeline.settings["resolution"]
     world = demo_world(checkpoint, resolution, fps)
     (identity_index,) = unseen_identities(trained_world(checkpoint) or {}, 1)
     identity = world.portrait(identity_index)
     n_frames = int(round(SECONDS * fps))
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     audio, _ = world.speech(n_frames, parse_intensity(INTENSITY, n_frames, fps), rng)
-    video = pipeline.conditions(identity, audio, EMOTION, INTENSITY, seed=args.seed, aligned=True)
-    paths = {"video": args.out / "demo.mp4", "schedule": args.out / "intensity.png",
-             "sheet": args.out / "contact_sheet.png", "identity": args.out / "identity.png",
-             "speech": args.out / "speech.wav"}
+    video = pipeline.conditions(identity, audio, EMOTION, INTENSITY, seed=seed, aligned=True)
+    paths = {"video": out / "demo.mp4", "schedule": out / "intensity.png",
+             "sheet": out / "contact_sheet.png", "identity": out / "identity.png",
+             "speech": out / "speech.wav"}
     picks, frames = sheet_frames(n_frames), {}
-    steps = pipeline.default_steps if args.steps is None else args.steps  # None: the pipeline's own sampling settings
-    print(f"demo: {pipeline.describe_sampling('ddim', steps, None, args.cfg_exp)}")
+    steps = pipeline.default_steps if steps is None else steps  # None: the pipeline's own sampling settings
+    print(f"demo: {pipeline.describe_sampling('ddim', steps, None, cfg_exp)}")
     with VideoWriter(paths["video"], fps, audio=audio,
                      comment=describe(pipeline.super_resolution, resolution)) as writer:
-        for i, batch in pipeline.sample([video], steps=steps, cfg_expression=args.cfg_exp, seeds=[args.seed]):
+        for i, batch in pipeline.sample([video], steps=steps, cfg_expression=cfg_exp, seeds=[seed]):
             frame = enlarge(to_uint8(batch[0]))
             writer.write(frame)
             if i in picks:
@@ -143,4 +123,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}" + (f" ({n_frames} frames at {fps:g} fps, with its speech; super-resolution "
                                  f"{recorded(describe(pipeline.super_resolution, resolution))})"
                                  if name == "video" else ""))
-    return 0
+    return paths

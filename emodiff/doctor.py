@@ -1,13 +1,8 @@
-"""Report library versions, the compute device, optional backends and weight files (always exits 0).
-
-Weight files come from flags or, when a flag is absent, from these environment variables:
-EMODIFF_DECA_MODEL (deca_model.tar), EMODIFF_FLAME_MODEL (FLAME generic_model.pkl),
-EMODIFF_AUDIO_MODEL (a local hubert / wav2vec2 folder), EMODIFF_SR_WEIGHTS (RealESRGAN_x4plus.pth or _x2plus.pth).
+"""The report of `emodiff doctor`: library versions, the compute device, optional backends and weight files.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import importlib.util
 import os
@@ -29,11 +24,6 @@ WEIGHT_FILES = {
     "audio_model": ("EMODIFF_AUDIO_MODEL", "a local save of facebook/hubert-large-ls960-ft or a wav2vec2 model"),
     "sr_weights": ("EMODIFF_SR_WEIGHTS", "RealESRGAN_x4plus.pth from https://github.com/xinntao/Real-ESRGAN/releases"),
 }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for name, (env, source) in WEIGHT_FILES.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", metavar="PATH", help=f"{source} (default: ${env})")
 
 
 def _version(distribution: str) -> str | None:
@@ -76,8 +66,3 @@ def report(weights: dict[str, str | None]) -> list[str]:
             state = f"MISSING {path} (get {source})"
         lines.append(f"  {name:<15} {state}")
     return lines
-
-
-def run(args: argparse.Namespace) -> int:
-    print("\n".join(report({name: getattr(args, name) for name in WEIGHT_FILES})))
-    return 0

@@ -9,41 +9,26 @@ PyTorch SDPA or xformers' memory-efficient attention.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from emodiff.errors import EmodiffError
-from emodiff.models.unet import ATTENTION_BACKENDS, Attention, check_attention_backend
+from emodiff.models.unet import Attention, check_attention_backend
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How the pipeline runs its networks; the defaults are plain fp32 eager PyTorch."""
+    """How the pipeline runs its networks; the defaults are plain fp32 eager PyTorch (the flags of `emodiff sample` and
+    `emodiff demo`: `emodiff.cli.sample.add_inference_arguments`)."""
 
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
     attention: str | None = None  # None: the backend each model was configured with
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "InferenceOptions":
-        return cls(args.precision, args.channels_last, args.compile, args.attention)
-
-
-def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `InferenceOptions` flags of `emodiff sample` and `emodiff demo`."""
-    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
-                        help="autocast precision of the networks (bf16 on CPU or CUDA, fp16 on CUDA)")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC weights (faster convolutions on GPUs)")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the denoiser (CUDA graphs on CUDA; the first frames pay the compilation)")
-    parser.add_argument("--attention", choices=list(ATTENTION_BACKENDS),
-                        help="attention backend (default: the one the model was trained with)")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -3,14 +3,13 @@ preview, the example faces and speech, and the sampling job with the `emodiff sa
 
 The app (`emodiff/app.py`) is a thin Gradio layer over this module; nothing here imports Gradio. The form's rows
 become the command line's specs (`timeline_spec`, `intensity_spec`) and are checked by the same functions as
-`emodiff sample` (`emodiff.control.schedule`), so the app shows the command line's sentences. A `SampleJob` parses
-its own `emodiff sample` command with that command's parser and runs the command's functions (`prepare_video`,
+`emodiff sample` (`emodiff.control.schedule`), so the app shows the command line's sentences. A `SampleJob` runs
+the job and settings of its `emodiff sample` command with that command's functions (`prepare_video`,
 `sample_batch`), so the command it shows makes the same video.
 """
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import shutil
 import threading
@@ -33,7 +32,7 @@ from emodiff.errors import EmodiffError
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.data.datasets import to_uint8
 from emodiff.files import write_text_atomic
-from emodiff.sample import add_arguments, identity_warning, prepare_video, read_jobs, sample_batch
+from emodiff.sample import Job, SampleSettings, identity_warning, prepare_video, sample_batch
 
 INTENSITY_MODES = ("constant", "key frames", "from the voice")
 PREVIEW_SECONDS = SECONDS  # the preview's length until speech is given
@@ -184,6 +183,16 @@ class SampleRequest:
         """The names of the face and speech copies in a job folder (their suffixes kept)."""
         return f"identity{self.face.suffix.lower()}", f"speech{self.speech.suffix.lower()}"
 
+    def job(self, folder: Path) -> Job:
+        """The `emodiff sample` job of this video, with the job folder's files."""
+        face, speech = self.input_names()
+        return Job(str(folder / face), str(folder / speech), self.emotion, self.intensity, str(folder / OUTPUT),
+                   self.seed)
+
+    def settings(self, checkpoint: Path) -> SampleSettings:
+        """The `emodiff sample` settings of this video (those of `sample_argv`)."""
+        return SampleSettings(str(checkpoint), self.options, self.steps, self.sampler, self.cfg_audio, self.cfg_exp)
+
     def sample_argv(self, checkpoint: Path, folder: Path | None = None) -> list[str]:
         """The `emodiff sample` arguments that make this video, with the job folder's file names (inside `folder`
         when given, else relative to it)."""
@@ -201,13 +210,6 @@ class SampleRequest:
         return shlex.join(["emodiff", "sample", *self.sample_argv(checkpoint)])
 
 
-def parse_sample_arguments(argv: list[str]) -> argparse.Namespace:
-    """`argv` parsed by `emodiff sample`'s own parser."""
-    parser = argparse.ArgumentParser(prog="emodiff sample")
-    add_arguments(parser)
-    return parser.parse_args(argv)
-
-
 class SampleJob:
     """One request run in its own folder the way `emodiff sample` runs it; construction copies the inputs and
     prepares the conditions (a bad input is an `EmodiffError` here, before any frame), `run()` samples."""
@@ -219,9 +221,8 @@ class SampleJob:
                 raise EmodiffError(f"The file {source.name} is no longer on the server; give it again.")
             shutil.copyfile(source, folder / name)
         self.pipeline, self.folder, self.command = pipeline, folder, request.command(checkpoint)
-        self.args = parse_sample_arguments(request.sample_argv(checkpoint, folder))
-        (self.job,) = read_jobs(self.args)
-        self.video, self.audio, _ = prepare_video(pipeline, self.job, self.args)
+        self.job, self.settings = request.job(folder), request.settings(checkpoint)
+        self.video, self.audio, _ = prepare_video(pipeline, self.job, self.settings)
         self.warning = face_warning(checkpoint, str(request.face))  # names the user's file, not the folder's copy
         self.paths = {"video": folder / OUTPUT, "schedule": (folder / OUTPUT).with_suffix(".intensity.png"),
                       "sheet": folder / SHEET, "command": folder / COMMAND, "archive": folder / ARCHIVE}
@@ -234,7 +235,7 @@ class SampleJob:
         """Sample frame by frame, yielding how many frames are done; after the last, write the contact sheet,
         command.txt and the zip of the video, schedule plot, contact sheet, command and inputs. Closing the
         generator early (a cancel) leaves no mp4."""
-        for i in sample_batch(self.pipeline, [self.job], [self.video], [self.audio], self.args):
+        for i in sample_batch(self.pipeline, [self.job], [self.video], [self.audio], self.settings):
             yield i + 1
         fps = self.pipeline.settings["fps"]
         picks = sheet_frames(self.n_frames)
@@ -242,7 +243,7 @@ class SampleJob:
         write_contact_sheet(self.paths["sheet"], enlarge(to_uint8(self.video.identity)), frames,
                             self.video.intensity.numpy(), self.video.emotion_weights.numpy(), fps)
         write_text_atomic(self.paths["command"], "# run in this folder (the unzipped download):\n" + self.command + "\n")
-        members = [Path(self.args.identity), Path(self.args.audio),
+        members = [Path(self.job.identity), Path(self.job.audio),
                    *(self.paths[key] for key in ("video", "schedule", "sheet", "command"))]
         partial = self.paths["archive"].with_suffix(".zip.partial")
         with zipfile.ZipFile(partial, "w") as archive:

@@ -1,32 +1,13 @@
 """Train and evaluate the whole system on the synthetic world, end to end, and write a report (docs/design.md §11).
 
-    emodiff synthetic-run --out runs/synthetic [--config configs/synthetic_run.yaml] [--profile quick]
-                          [--set key=value ...]
-
-Stages, each skipped when its result is already in OUT (so an interrupted run continues; the denoiser resumes
-from its newest checkpoint): store/ (`make_store` with the training identities), denoiser/, expression/,
-intensity/, readout/ (the `emodiff train` stages, configured by configs/synthetic_run.yaml), pipeline/
-(`emodiff assemble`), then evaluation: the held-out identities (world identities after the training ones, never
-rendered into the store) speak held-out speech (a fresh random stream of the world) at k = 0, 0.25, …, 1 for
-every emotion and with the audio-predicted intensity, and the readout scores the frames:
-
-- linearity: per emotion, Spearman ρ between k and the readout projected on the emotion's direction; FLIE
-  (EMOdiffhead eq. 20) of the readout vectors and of the conditioning vectors over the k sweep;
-- EmoAcc at k = 1: the readout's emotion head, video-level (mean probabilities over frames);
-- lip sync: Pearson r between the readout's mouth opening and the true mouth opening of the speech;
-- identity: PSNR / SSIM of the frames against the world's true render of the same identity with the asked
-  expression and the speech's mouth (no readout involved);
-- drift: PSNR against the true render per frame of longer videos (`evaluation.drift_frames`), frames 1–10 vs the
-  last 10;
-- intensity predictor: Pearson r between predicted and true k(t) on held-out speech of every level.
-
-Every number is also computed on the true renders (the ceiling the readout allows). OUT/report.md, metrics.json,
-plots and contact_sheet.png hold the results.
+`synthetic_run` trains the stages (each skipped when its result is already in the run folder), assembles the
+pipeline and scores held-out identities speaking held-out speech with the readout: linearity (Spearman ρ, FLIE of
+EMOdiffhead eq. 20), EmoAcc, lip sync, identity PSNR / SSIM, drift and the intensity predictor; every number also
+on the true renders. `emodiff synthetic-run --help` (emodiff/cli/synthetic_run.py) lists the measures in full.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,16 +453,12 @@ def write_report(config: DictConfig, out: Path, metrics: dict) -> Path:
     return path
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="run folder (a finished stage in it is kept)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="run config (default configs/synthetic_run.yaml)")
-    parser.add_argument("--profile", help="settings from the config's profiles, e.g. quick")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = run_config(args.config, args.profile, args.set)
-    out = Path(args.out)
+def synthetic_run(out: str | Path, config_path: str | Path = DEFAULT_CONFIG, profile: str | None = None,
+                  overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """The whole run in `out` with the config at `config_path` (its `profile` and `overrides` applied): train, assemble,
+    evaluate; returns the path of report.md."""
+    config = run_config(config_path, profile, overrides)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(config, out / "synthetic_run.yaml")
     store = train_all(config, out)
@@ -490,6 +467,4 @@ def run(args: argparse.Namespace) -> int:
         assemble(out / "denoiser", store, out / "pipeline", out / "expression", out / "intensity", steps=ev.steps,
                  guidance=(ev.cfg_audio, ev.cfg_expression))
     metrics = evaluate(config, out)
-    write_report(config, out, metrics)
-    print(f"report written to {out / 'report.md'}")
-    return 0
+    return write_report(config, out, metrics)

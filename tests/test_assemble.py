@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from emodiff import assemble
+from emodiff.cli import assemble as assemble_command
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.synthetic import make_store
 from emodiff.errors import EmodiffError
@@ -40,7 +41,7 @@ def runs(tmp_path_factory):
 
 def _args(**kwargs) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    assemble.add_arguments(parser)
+    assemble_command.add_arguments(parser)
     return parser.parse_args([item for key, value in kwargs.items() for item in (f"--{key}", str(value))])
 
 
@@ -48,7 +49,7 @@ def test_assembled_folder_loads_with_every_run_and_samples(runs):
     root, store = runs
     out = root / "pipeline"
     RRDBNet(scale=2, num_feat=4, num_block=1, num_grow_ch=4, residual=True).save_pretrained(root / "sr" / "super_resolution")
-    assert assemble.run(_args(denoiser=root / "denoiser", store=store.root, expression=root / "expression",
+    assert assemble_command.run(_args(denoiser=root / "denoiser", store=store.root, expression=root / "expression",
                               intensity=root / "intensity", **{"super-resolution": root / "sr"}, out=out,
                               steps=3, **{"cfg-exp": 2})) == 0
     pipeline = EmoDiffPipeline.from_pretrained(out)
@@ -110,7 +111,7 @@ def test_store_without_neutral_clips_assembles_from_its_calmest_frames(runs, tmp
     emotional = make_store(tmp_path / "emotional", n_identities=2, clips_per_identity=2, n_frames=32, size=16,
                            emotions=("happy", "sad"), levels=(3,), seed=3)
     out = tmp_path / "pipeline"
-    assert assemble.run(_args(denoiser=root / "denoiser", store=emotional.root, out=out)) == 0
+    assert assemble_command.run(_args(denoiser=root / "denoiser", store=emotional.root, out=out)) == 0
     assert "no neutral clips" in capsys.readouterr().out
     reference = EmoDiffPipeline.from_pretrained(out).expression_reference
     assert reference.config.neutral_source == "calmest frames"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from emodiff import synthetic_run
+from emodiff.cli import synthetic_run
 from emodiff.errors import EmodiffError
 
 TINY = ["world.identities=3", "world.held_out=1", "world.clips=8", "world.frames=12", "world.size=16",

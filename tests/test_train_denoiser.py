@@ -174,7 +174,7 @@ def test_two_processes_train_and_checkpoint(store, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-           "-m", "emodiff.train.denoiser", "--config", str(TINY), "--store", str(store), "--output-dir", str(out),
+           "-m", "emodiff", "train", "denoiser", "--config", str(TINY), "--store", str(store), "--output-dir", str(out),
            "--max-steps", "4", "--set", "train.batch_size=4", "train.log_every=1", "train.checkpoint_every=4"]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,19 +1,18 @@
 """A whole schedule: the emotion timeline's weights and the intensity k per frame, from the command line's specs.
 
-`emodiff sample`, `emodiff schedule` and `emodiff app` share the options (`ScheduleOptions`, added to a parser
-by `add_schedule_arguments`) and the function that applies them (`frame_schedule`), so they accept and refuse
-the same schedules with the same sentences.
+`emodiff sample`, `emodiff schedule` and `emodiff app` share the options (`ScheduleOptions`, the flags of
+`emodiff.cli.schedule.add_schedule_arguments`) and the function that applies them (`frame_schedule`), so they accept
+and refuse the same schedules with the same sentences.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emodiff.control.intensity import INTERPOLATIONS, parse_intensity
+from emodiff.control.intensity import parse_intensity
 from emodiff.control.timeline import DEFAULT_CROSSFADE, parse_emotions
 
 if TYPE_CHECKING:
@@ -32,28 +31,11 @@ class ScheduleOptions:
     clip: tuple[float, float] = (0.0, 1.0)
     smooth_frames: int = 0
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "ScheduleOptions":
-        return cls(args.interpolation, args.crossfade, args.temperature, args.scale, tuple(args.clip),
-                   args.smooth_frames)
-
     def flags(self) -> list[str]:
-        """The command-line flags that give these options (the inverse of `from_args`)."""
+        """The command-line flags that give these options (the inverse of `emodiff.cli.schedule.schedule_options`)."""
         return ["--interpolation", self.interpolation, "--crossfade", f"{self.crossfade:g}",
                 "--temperature", f"{self.temperature:g}", "--scale", f"{self.scale:g}",
                 "--clip", f"{self.clip[0]:g}", f"{self.clip[1]:g}", "--smooth-frames", str(self.smooth_frames)]
-
-
-def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `ScheduleOptions` flags."""
-    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="linear", help="between key frames")
-    parser.add_argument("--crossfade", type=float, default=DEFAULT_CROSSFADE, help="seconds per emotion change")
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="prior temperature of an 'audio' intensity (0 = deterministic)")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply an 'audio' intensity")
-    parser.add_argument("--clip", type=float, nargs=2, default=(0.0, 1.0), metavar=("LOW", "HIGH"),
-                        help="clip an 'audio' intensity to [LOW, HIGH]")
-    parser.add_argument("--smooth-frames", type=int, default=0, help="moving-average width of an 'audio' intensity")
 
 
 def emotion_weights(emotion: str, n_frames: int, fps: float, options: ScheduleOptions = ScheduleOptions()) -> np.ndarray:

@@ -1,12 +1,8 @@
-"""Draw a contact sheet per clip of a store: face crops with their 68 landmarks over the intensity curve.
-
-`emodiff inspect STORE [--out DIR]` writes DIR/<clip_id>.png (DIR defaults to STORE/inspect) so a
-person can check a prepared store at a glance.
+"""Contact sheets of a store's clips: face crops with their 68 landmarks over the intensity curve (`emodiff inspect`).
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import matplotlib
@@ -49,19 +45,15 @@ def contact_sheet(clip: Clip, path: Path, columns: int = 8) -> None:
     plt.close(figure)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", metavar="STORE", help="a clip store made by `emodiff prepare`")
-    parser.add_argument("--out", help="folder for the PNGs (default: STORE/inspect)")
-
-
-def run(args: argparse.Namespace) -> int:
-    store = ClipStore.open(args.store)
+def inspect_store(store_dir: str | Path, out: str | Path | None = None) -> tuple[int, Path]:
+    """A contact sheet per finished clip of the store, <out>/<clip_id>.png (out defaults to STORE/inspect); returns
+    how many were drawn and the folder."""
+    store = ClipStore.open(store_dir)
     ids = store.clip_ids()
     if not ids:
-        raise EmodiffError(f"{args.store} has no finished clips to inspect.")
-    out = Path(args.out) if args.out else store.root / "inspect"
-    out.mkdir(parents=True, exist_ok=True)
+        raise EmodiffError(f"{store_dir} has no finished clips to inspect.")
+    folder = Path(out) if out else store.root / "inspect"
+    folder.mkdir(parents=True, exist_ok=True)
     for clip_id in tqdm(ids, desc="inspect", unit="clip"):
-        contact_sheet(store.clip(clip_id), out / f"{clip_id}.png")
-    print(f"inspect: {len(ids)} contact sheets in {out}")
-    return 0
+        contact_sheet(store.clip(clip_id), folder / f"{clip_id}.png")
+    return len(ids), folder

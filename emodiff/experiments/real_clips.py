@@ -1,27 +1,14 @@
-"""Train on a folder of talking-head clips and score self-reenactment on their held-out seconds.
+"""Train on a folder of talking-head clips and score self-reenactment on their held-out seconds (`emodiff real-clips`,
+described in emodiff/cli/real_clips.py).
 
-    emodiff real-clips SRC... --out RUN [--config configs/real_clips.yaml] [--set KEY=VALUE ...] [--report DIR]
-
-Every step is resumable: rerunning the same command continues where a killed run stopped.
-1. split: every clip with speech is cut in time; its last `split.heldout_fraction` (25 %) is held out and never
-   trained on (RUN/split/train/<clip>.mp4, RUN/split/heldout/<clip>.mp4). Clips without speech or too short
-   are left out, each with its reason.
-2. prepare both parts into clip stores with `emodiff prepare`'s code (RUN/store_train, RUN/store_heldout).
-3. train the denoiser on the training store (RUN/denoiser; `denoiser_config` with the `denoiser` overrides);
-   a killed run continues from its newest checkpoint.
-4. assemble the pipeline (RUN/pipeline).
-5. self-reenactment, the protocol of the field's papers: every held-out segment is generated from its first frame
-   and its own speech (neutral, k = 0) and written beside the real segment and two baselines on the same frames,
-   the identity frame repeated (`still`) and the real segment half a second late (`delayed`), as
-   RUN/videos/<run>/<clip>.mp4; with `sample.real_motion`, also `model_real_motion`, the model given the real
-   previous frames (teacher forcing), to tell the denoiser's error from the rollout's.
-6. `emodiff evaluate` scores the runs against the real segments (RUN/report: metrics.md, .csv, .json, plots),
-   and the report gets real_clips.md, a side-by-side video (real | generated) and a contact sheet.
+`run_experiment` splits every clip with speech in time (the last `split.heldout_fraction` never trained on),
+prepares both parts into clip stores, trains the denoiser and assembles the pipeline, generates every held-out
+segment from its first frame and its own speech beside two baselines (`still`, `delayed`), and scores them with
+`emodiff evaluate`'s code; every step is resumable.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -247,7 +234,7 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
                    report_dir: Path | None = None, command: str = "emodiff real-clips") -> dict:
     """Steps 1–6 of the module docstring; returns the evaluation report."""
     from emodiff.assemble import assemble
-    from emodiff.metrics import evaluate
+    from emodiff.metrics.evaluate import WeightFiles, evaluate_folders
     from emodiff.train import denoiser as denoiser_stage
 
     config, denoiser = load_experiment_config(config_path, overrides)
@@ -297,12 +284,9 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
     started = time.perf_counter()
     runs = (MODEL, *([REAL_MOTION] if config.sample.get("real_motion", False) else []), *BASELINES)
     report_out = out / "report"
-    argv = ["--reference", str(videos / REAL), "--out", str(report_out), "--aligned",
-            "--size", str(config.evaluate.size), "--fps", str(fps), "--expression", "none",
-            *[f"--run={run}={videos / run}" for run in runs], *config.evaluate.extra]
-    parser = argparse.ArgumentParser(prog="emodiff evaluate")
-    evaluate.add_arguments(parser)
-    evaluate.run(parser.parse_args(argv))
+    evaluate_folders(videos / REAL, {run: videos / run for run in runs}, report_out,
+                     WeightFiles(**config.evaluate.weights), fps, config.evaluate.size, aligned=True,
+                     expression="none")
     report = json.loads((report_out / "metrics.json").read_text())
     clip_ids = sorted(p.stem for p in (videos / "model").glob("*.mp4"))
     side_by_side(videos, clip_ids, report_out / "side_by_side.mp4", fps)
@@ -316,20 +300,3 @@ def run_experiment(sources: list[str], out: Path, config_path: Path, overrides: 
             copy_atomic(report_out / name, report_dir / name)
     print(text)
     return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="+", metavar="SRC", help="talking-head clips with speech, or folders of them")
-    parser.add_argument("--out", type=Path, required=True, help="run folder (created, or continued when it exists)")
-    parser.add_argument("--config", type=Path, default=CONFIG_DIR / "real_clips.yaml",
-                        help="experiment config (default configs/real_clips.yaml)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override config entries, e.g. denoiser.train.max_steps=100")
-    parser.add_argument("--report", type=Path, help="also copy the report's summary, table, video and sheet here")
-
-
-def run(args: argparse.Namespace) -> int:
-    command = "emodiff real-clips " + " ".join(map(str, args.sources)) + f" --out {args.out}" + \
-        (f" --report {args.report}" if args.report else "") + (f" --set {' '.join(args.set)}" if args.set else "")
-    run_experiment(args.sources, args.out, args.config, args.set, args.report, command)
-    return 0

@@ -1,30 +1,13 @@
-"""Evaluate generated videos against a reference set and compare pipelines with the same metrics.
+"""Evaluate generated videos against a reference set and compare pipelines with the same metrics (`emodiff evaluate`,
+described in emodiff/cli/evaluate.py, which gives the folder convention and sidecars).
 
-    emodiff evaluate --reference REF --run ours=DIR --run eat=DIR --out REPORT [weights…]
-    emodiff evaluate protocol --source MEAD_ROOT --out PROTOCOL      (write the test inputs)
-
-Folder convention: a run folder holds `<name>.mp4` (frames + audio); videos are matched across runs and the
-reference by `<name>`. Optional sidecars next to a video (a run's own sidecar wins over the reference's):
-  `<name>.json`           {"emotion": "happy", "intensity": 0.5 or [per-frame k…], "series": "M003_happy_001"}
-                          — videos of one series share identity and audio and differ in intensity (FLIE, LIE);
-  `<name>.expression.npy` (T, D) expression vectors (docs/design.md §4.2, `deca` or `landmarks` extractor);
-  `<name>.landmarks.npy`  (T, 68, 2) iBUG-68 landmarks in the evaluation crop's pixels (else detected).
-All videos are resampled to one fps and face-aligned with the crop code of `emodiff prepare` (per-frame
-iBUG-68 landmarks, nose-tip boxes smoothed in time; `--aligned`: already crops, only resized); the same
-detection gives the landmarks of M-LMD / F-LMD and of the mouth-opening correlation (mouth r). PSNR drift is the
-PSNR of a video's last second minus its first (dB). Every metric whose weights and inputs are present is
-computed; the others are listed as skipped with the reason. A metric that cannot be computed for one video
-(no or silent audio, too short) is n/a for that video with its reason, and a video that cannot be read or
-aligned is left out with its reason; the rest of the report is written. Intensity-L2 reads k back with one
-measure fitted on the reference videos that carry an emotion and an intensity (`fit_intensity_measure`).
-Each run's super-resolution, as `emodiff sample` records it in every mp4, is listed in the settings;
-`--super-resolution SR` also scores every run with its videos upscaled by SR, as the run `<name>+sr`.
-Outputs: metrics.md, metrics.csv, metrics.json, and PNG plots.
+`evaluate_folders` reads, resamples and face-aligns every video (the crop code of `emodiff prepare`), computes every
+metric whose weights and inputs are present (the others are listed as skipped with the reason; a video that cannot
+be read is left out with its reason) and writes metrics.md, metrics.csv, metrics.json and PNG plots.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -101,6 +84,22 @@ class Weights:
     syncnet: SyncNet | None = None
     emotion_classifier: EmotionClassifier | None = None
     face_embedder: torch.nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class WeightFiles:
+    """The files of the networks (each optional): LPIPS (trunk kind, torchvision backbone and linear layers),
+    TorchScript Inception (FID), I3D (FVD) and face embedder (CSIM), SyncNet (syncnet_v2.model or a saved folder)
+    and the folder of `emodiff train emotion-classifier`."""
+
+    lpips_trunk: str = "alex"
+    lpips_backbone: str | None = None
+    lpips_linear: str | None = None
+    inception: str | None = None
+    i3d: str | None = None
+    syncnet: str | None = None
+    emotion_classifier: str | None = None
+    face_embedder: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -649,31 +648,31 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     return [out_dir / "metrics.md", out_dir / "metrics.csv", out_dir / "metrics.json", *write_plots(report, out_dir)]
 
 
-# ---------------------------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------------------------- runs
 
-def load_weights(args: argparse.Namespace) -> Weights:
-    """The networks named on the command line (each optional)."""
+def load_weights(files: WeightFiles, device: str | None = None) -> Weights:
+    """The networks of `files` on `device` (default: cuda when available, else cpu)."""
     weights = Weights()
-    if bool(args.lpips_backbone) != bool(args.lpips_linear):
+    if bool(files.lpips_backbone) != bool(files.lpips_linear):
         raise EmodiffError("LPIPS needs both --lpips-backbone and --lpips-linear.")
-    if args.lpips_backbone:
-        weights.lpips = LPIPS.from_files(args.lpips_trunk, args.lpips_backbone, args.lpips_linear)
-    if args.inception:
-        weights.inception = frechet.load_feature_network(args.inception)
-    if args.i3d:
-        weights.i3d = frechet.load_feature_network(args.i3d)
-    if args.face_embedder:
-        weights.face_embedder = frechet.load_feature_network(args.face_embedder)
-    if args.syncnet and Path(args.syncnet).is_file():
-        weights.syncnet = SyncNet.from_syncnet_v2(args.syncnet)
-    elif args.syncnet:
-        weights.syncnet = _load_saved_model(SyncNet, args.syncnet)
-    if args.emotion_classifier:
-        weights.emotion_classifier = _load_saved_model(EmotionClassifier, args.emotion_classifier)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if files.lpips_backbone:
+        weights.lpips = LPIPS.from_files(files.lpips_trunk, files.lpips_backbone, files.lpips_linear)
+    if files.inception:
+        weights.inception = frechet.load_feature_network(files.inception)
+    if files.i3d:
+        weights.i3d = frechet.load_feature_network(files.i3d)
+    if files.face_embedder:
+        weights.face_embedder = frechet.load_feature_network(files.face_embedder)
+    if files.syncnet and Path(files.syncnet).is_file():
+        weights.syncnet = SyncNet.from_syncnet_v2(files.syncnet)
+    elif files.syncnet:
+        weights.syncnet = _load_saved_model(SyncNet, files.syncnet)
+    if files.emotion_classifier:
+        weights.emotion_classifier = _load_saved_model(EmotionClassifier, files.emotion_classifier)
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     for name in vars(weights):
         if getattr(weights, name) is not None:
-            setattr(weights, name, getattr(weights, name).to(device))
+            setattr(weights, name, getattr(weights, name).to(torch_device))
     return weights
 
 
@@ -712,72 +711,21 @@ def super_resolved_runs(run_paths: dict[str, dict[str, Path]], model: torch.nn.M
     return upscaled
 
 
-def parse_runs(specs: list[str]) -> dict[str, Path]:
-    runs: dict[str, Path] = {}
-    for spec in specs:
-        name, sep, folder = spec.partition("=")
-        if not sep or not name or not folder:
-            raise EmodiffError(f"--run expects NAME=DIR, got '{spec}'.")
-        if name == REFERENCE_RUN or name in runs:
-            raise EmodiffError(f"Run name '{name}' is used twice or clashes with '{REFERENCE_RUN}'.")
-        runs[name] = Path(folder)
-    return runs
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("mode", nargs="?", choices=["protocol"],
-                        help="`protocol`: write the inputs of a test protocol instead of evaluating.")
-    parser.add_argument("--reference", type=Path, help="Folder of ground-truth videos (<name>.mp4 + sidecars).")
-    parser.add_argument("--run", dest="runs", action="append", default=[], metavar="NAME=DIR",
-                        help="A pipeline's output folder (repeatable).")
-    parser.add_argument("--out", type=Path, required=True, help="Report folder (or protocol folder).")
-    parser.add_argument("--fps", type=float, default=25.0, help="Frame rate all videos are resampled to.")
-    parser.add_argument("--size", type=int, default=128, help="Side of the aligned evaluation crops in pixels.")
-    parser.add_argument("--aligned", action="store_true", help="Videos are aligned face crops already: resize only.")
-    parser.add_argument("--landmarks", choices=["mediapipe", "fan", "none"], default="mediapipe",
-                        help="Landmark backend for alignment and M/F-LMD (`none`: skip detection; needs --aligned).")
-    parser.add_argument("--expression", choices=["landmarks", "deca", "none"], default="landmarks",
-                        help="Expression vectors for FLIE, Intensity-L2, Beat Align, Diversity (docs/design.md §4.2); "
-                             "<name>.expression.npy sidecars win. `deca` needs --deca-model and --flame-model.")
-    parser.add_argument("--deca-model", help="DECA's deca_model.tar (for --expression deca).")
-    parser.add_argument("--flame-model", help="FLAME's generic_model.pkl (for --expression deca).")
-    parser.add_argument("--device", help="Device for the networks (default: cuda when available, else cpu).")
-    parser.add_argument("--lpips-trunk", choices=["alex", "vgg"], default="alex")
-    parser.add_argument("--lpips-backbone", help="torchvision alexnet/vgg16 state_dict file (.pth/.safetensors).")
-    parser.add_argument("--lpips-linear", help="LPIPS linear-layer file (lpips weights/v0.1/<trunk>.pth).")
-    parser.add_argument("--inception", help="TorchScript FID Inception file (e.g. inception-2015-12-05.pt).")
-    parser.add_argument("--i3d", help="TorchScript FVD I3D file (e.g. i3d_torchscript.pt).")
-    parser.add_argument("--syncnet", help="Official syncnet_v2.model file, or a folder of a saved emodiff SyncNet.")
-    parser.add_argument("--emotion-classifier", help="The model folder of `emodiff train emotion-classifier` (OUTPUT_DIR/model).")
-    parser.add_argument("--super-resolution", metavar="SR",
-                        help="also score every run upscaled by SR (a pipeline folder with super_resolution/, a "
-                             "super_resolution/ folder or a Real-ESRGAN .pth) as the run NAME+sr; the upscaled "
-                             "videos are written to OUT/super_resolved/NAME/")
-    parser.add_argument("--face-embedder", help="TorchScript face-embedding network (images in [-1, 1]) for CSIM.")
-    from emodiff.metrics.protocol import add_protocol_arguments
-
-    add_protocol_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.mode == "protocol":
-        from emodiff.metrics.protocol import write_protocol
-
-        n = write_protocol(args.source, args.out, args.identities.split(","), args.level, args.sweep,
-                           args.fps)
-        print(f"Wrote {n} protocol items to {args.out}")
-        return 0
-    if args.reference is None or not args.runs:
-        raise EmodiffError("evaluate needs --reference DIR and at least one --run NAME=DIR.")
-    if args.expression == "deca" and not (args.deca_model and args.flame_model):
+def evaluate_folders(reference_dir: Path, runs: dict[str, Path], out: Path, files: WeightFiles = WeightFiles(),
+                     fps: float = 25.0, size: int = 128, aligned: bool = False, landmarks: str = "mediapipe",
+                     expression: str = "landmarks", deca_model: str | None = None, flame_model: str | None = None,
+                     device: str | None = None, super_resolution: str | None = None) -> dict:
+    """Score every run folder against the reference folder (`size`-pixel crops at `fps`, `--aligned` crops only
+    resized, the `landmarks` backend, `expression` vectors; with `super_resolution` also every run upscaled by it as
+    NAME+sr), print the report and write it to `out`; returns the report."""
+    if expression == "deca" and not (deca_model and flame_model):
         raise EmodiffError("--expression deca needs --deca-model and --flame-model.")
-    runs = parse_runs(args.runs)
-    weights = load_weights(args)
-    ref_paths = video_paths(args.reference)
+    weights = load_weights(files, device)
+    ref_paths = video_paths(reference_dir)
     run_paths = {name: video_paths(folder) for name, folder in runs.items()}
-    if args.super_resolution:
-        run_paths.update(super_resolved_runs(run_paths, load_upscaler(args.super_resolution),
-                                             Path(args.out) / "super_resolved"))
+    if super_resolution:
+        run_paths.update(super_resolved_runs(run_paths, load_upscaler(super_resolution),
+                                             Path(out) / "super_resolved"))
     total = len(ref_paths) + sum(len(p) for p in run_paths.values())
     with tqdm(total=total, desc="read and align videos") as bar:
         left_out: dict[str, str] = {}
@@ -786,34 +734,34 @@ def run(args: argparse.Namespace) -> int:
             videos = {}
             for name, path in paths.items():
                 try:
-                    videos[name] = load_video(path, args.fps, args.size, args.aligned,
-                                              None if args.landmarks == "none" else args.landmarks, fallback)
+                    videos[name] = load_video(path, fps, size, aligned,
+                                              None if landmarks == "none" else landmarks, fallback)
                 except UnusableVideo as err:
                     left_out[f"{run}/{name}"] = str(err)
                 bar.update(1)
             return videos
 
         reference = load_all(REFERENCE_RUN, ref_paths, None)
-        loaded = {name: load_all(name, paths, args.reference) for name, paths in run_paths.items()}
+        loaded = {name: load_all(name, paths, reference_dir) for name, paths in run_paths.items()}
     if not reference:
         raise EmodiffError(f"No reference video could be read: {next(iter(left_out.values()))}")
-    if args.expression == "deca":
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        missing = deca_expressions(reference, loaded, args.deca_model, args.flame_model, device)
-    elif args.expression == "landmarks":
+    if expression == "deca":
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        missing = deca_expressions(reference, loaded, deca_model, flame_model, device)
+    elif expression == "landmarks":
         missing = landmark_expressions(reference, loaded)
     else:
         missing = []
-    settings = {"fps": args.fps, "crop": f"{args.size}×{args.size} ({'pre-aligned' if args.aligned else 'aligned'})",
-                "landmarks": args.landmarks,
-                "expression vectors": args.expression + (f" (none for {len(missing)} videos: {', '.join(missing[:5])})"
+    settings = {"fps": fps, "crop": f"{size}×{size} ({'pre-aligned' if aligned else 'aligned'})",
+                "landmarks": landmarks,
+                "expression vectors": expression + (f" (none for {len(missing)} videos: {', '.join(missing[:5])})"
                                                          if missing else ""),
-                "reference": str(args.reference),
+                "reference": str(reference_dir),
                 "super-resolution": "; ".join(f"{name}: {run_super_resolution(paths)}" for name, paths in run_paths.items()),
                 "videos": {name: len(v) for name, v in {REFERENCE_RUN: reference, **loaded}.items()}}
     report = evaluate_runs(reference, loaded, weights, settings)
     report["left_out"] = left_out
-    files = write_report(report, args.out)
+    files = write_report(report, out)
     print(report_markdown(report))
     print("Wrote " + ", ".join(str(f) for f in files))
-    return 0
+    return report

@@ -17,7 +17,6 @@ then `emodiff evaluate --reference OUT/reference --run NAME=RUN_DIR …`.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 from pathlib import Path
@@ -32,14 +31,6 @@ from emodiff.errors import EmodiffError
 MEAD_TEST_IDENTITIES = ("M003", "M030", "W009", "W015")
 DEFAULT_SWEEP = "0,0.25,0.5,0.75,1"
 MEAD_STRONGEST_LEVEL = 3
-
-
-def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("protocol mode")
-    group.add_argument("--source", type=Path, help="MEAD root or folder of MEAD-named videos.")
-    group.add_argument("--identities", default=",".join(MEAD_TEST_IDENTITIES), help="Comma-separated test identities.")
-    group.add_argument("--level", type=int, default=3, help="MEAD intensity level of the test videos.")
-    group.add_argument("--sweep", default=DEFAULT_SWEEP, help="Intensities k of the sweep items (FLIE/LIE).")
 
 
 def write_protocol(source: Path | None, out: Path, identities: list[str], level: int, sweep: str,

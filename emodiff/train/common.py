@@ -1,8 +1,8 @@
 """The training infrastructure every stage shares (denoiser, expression GAN, intensity VAE, emotion classifier).
 
-- `add_training_arguments`, `config_from_args`, `load_config`: a YAML config of `CONFIG_DIR` (or any path) plus
-  `--set key=value` overrides (OmegaConf; `merge_overrides` refuses unknown keys) and the flags --store,
-  --output-dir, --max-steps, --resume.
+- `load_config`, `training_config`: a YAML config of `CONFIG_DIR` (or any path) plus `key=value` overrides
+  (OmegaConf; `merge_overrides` refuses unknown keys), and the store, output folder and step count a run names
+  (`emodiff train <stage>`'s --set, --store, --output-dir, --max-steps; emodiff/cli/train).
 - `TrainingRun`: the accelerator (seeded per process), checkpoints `checkpoints/checkpoint-<step>`
   (accelerate `save_state` into a temporary folder renamed when complete, the last K kept, a stage's
   own state as safetensors + JSON), exact resume with `--resume latest` or a checkpoint path (a folder
@@ -10,18 +10,16 @@
   logs, the progress bar and the final atomic `save_pretrained`.
 - `batches`: an endless, resumable stream of batches: the order of every epoch is fixed by
   (seed, epoch), so a run resumed at batch s sees exactly the batches an unbroken run would.
-- `check_finite`, `optimizer_step`, `warmup`, `run_as_module`.
+- `check_finite`, `optimizer_step`, `warmup`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
@@ -52,20 +50,6 @@ def _config_dir() -> Path:
 CONFIG_DIR = _config_dir()
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
-
-
-def add_training_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
-    """The arguments of every `emodiff train <stage>`."""
-    parser.add_argument("--config", type=Path, default=CONFIG_DIR / default_config,
-                        help=f"YAML config (default configs/{default_config})")
-    parser.add_argument("--store", type=Path, help="clip store made by `emodiff prepare` (overrides data.store)")
-    parser.add_argument("--output-dir", type=Path,
-                        help="run folder: checkpoints/, logs/ and the final weights (overrides output_dir)")
-    parser.add_argument("--max-steps", type=int, help="override train.max_steps")
-    parser.add_argument("--resume", metavar="latest|CHECKPOINT",
-                        help="continue the run in --output-dir from its newest checkpoint, or from a checkpoint folder")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override config entries, e.g. train.batch_size=4")
 
 
 def merge_overrides(base: DictConfig, overrides: DictConfig | dict[str, Any]) -> DictConfig:
@@ -101,16 +85,18 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         raise EmodiffError(f"Bad config override in {list(overrides)}: {err}.") from None
 
 
-def config_from_args(args: argparse.Namespace, require_store: bool = True) -> DictConfig:
-    """`load_config` of --config and --set, then --store, --output-dir and --max-steps applied; a missing store is
-    an error when `require_store`."""
-    config = load_config(args.config, args.set)
-    if args.store is not None:
-        config.data.store = str(args.store)
-    if args.output_dir is not None:
-        config.output_dir = str(args.output_dir)
-    if args.max_steps is not None:
-        config.train.max_steps = args.max_steps
+def training_config(path: str | Path, overrides: Sequence[str] = (), store: str | Path | None = None,
+                    output_dir: str | Path | None = None, max_steps: int | None = None,
+                    require_store: bool = True) -> DictConfig:
+    """`load_config` of `path` and `overrides`, then `store` (data.store), `output_dir` and `max_steps`
+    (train.max_steps) applied where given; a missing store is an error when `require_store`."""
+    config = load_config(path, overrides)
+    if store is not None:
+        config.data.store = str(store)
+    if output_dir is not None:
+        config.output_dir = str(output_dir)
+    if max_steps is not None:
+        config.train.max_steps = max_steps
     if require_store and not config.data.get("store"):
         raise EmodiffError("No clip store given; pass --store or set data.store in the config.")
     return config
@@ -355,10 +341,3 @@ def sequence_dataset(config: DictConfig, require_audio: bool = False,
                                require_audio=require_audio, keep=keep)
     except ValueError as err:
         raise EmodiffError(f"Nothing to train on: {err}.") from None
-
-
-def run_as_module(stage: str) -> None:
-    """`python -m emodiff.train.<module> ARGS` = `emodiff train <stage> ARGS` (same errors and exit codes)."""
-    from emodiff.cli import main
-
-    sys.exit(main(["train", stage, *sys.argv[1:]]))

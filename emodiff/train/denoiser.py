@@ -1,19 +1,12 @@
 """Train the denoiser (UNet + ReferenceNet) on a clip store with the loss of eq. 16.
 
-One `accelerate` loop driven by a YAML config (configs/denoiser_base.yaml, configs/denoiser_tiny.yaml):
-mixed precision, gradient accumulation and checkpointing, EMA, AdamW with linear warm-up, condition
-dropout for classifier-free guidance, validation strips, and the shared run infrastructure of
-`emodiff.train.common` (checkpoints with exact `--resume`, logs, NaN/inf guard). The EMA weights are
-saved with `save_pretrained` to <output-dir>/unet and <output-dir>/reference_net. `init.weights` starts from a
-trained denoiser instead of from scratch (fine-tuning), with the `init.fresh` modules left at their initialisation.
-
-    emodiff train denoiser --config configs/denoiser_tiny.yaml --store STORE --output-dir DIR [--resume latest]
-    accelerate launch --config_file accelerate_config.yaml -m emodiff.train.denoiser --config ... --store ... --output-dir ...
+One `accelerate` loop driven by a YAML config on the shared run infrastructure of `emodiff.train.common`, with EMA
+weights, AdamW with linear warm-up, condition dropout for classifier-free guidance and validation strips; the
+command's help (emodiff/cli/train/denoiser.py) describes the run and its outputs.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +27,7 @@ from emodiff.errors import EmodiffError
 from emodiff.models.conditioning import WindowEncoder, uses_intensity
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
-from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
-                                  optimizer_step, run_as_module, save_image_rows, warmup)
+from emodiff.train.common import TrainingRun, batches, check_finite, optimizer_step, save_image_rows, warmup
 
 
 def compute_losses(batch: dict[str, torch.Tensor], unet: torch.nn.Module, reference_net: torch.nn.Module,
@@ -190,17 +182,3 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     ema.copy_to(parameters)
     training.finish({"unet": unet, "reference_net": reference_net})
     return training.output_dir
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, "denoiser_base.yaml")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = train(config_from_args(args), args.resume)
-    print(f"denoiser saved to {path / 'unet'} and {path / 'reference_net'}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_as_module("denoiser")

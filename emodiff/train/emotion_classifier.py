@@ -1,15 +1,11 @@
 """Train the emotion classifier behind EmoAcc on the labelled clips of a clip store.
 
-  emodiff train emotion-classifier --store STORE [--config configs/emotion_classifier.yaml] [--output-dir DIR] [--resume latest]
-  accelerate launch -m emodiff.train.emotion_classifier --store STORE
-
 The classifier is saved to OUTPUT_DIR/model (give that folder to `emodiff evaluate --emotion-classifier`),
 the held-out clips' video accuracy to OUTPUT_DIR/validation.json.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +19,7 @@ from emodiff.files import write_json_atomic
 from emodiff.errors import EmodiffError
 from emodiff.metrics.emotion import emotion_accuracy, frame_logits
 from emodiff.models.emotion_classifier import EmotionClassifier
-from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
-                                  optimizer_step, run_as_module)
+from emodiff.train.common import TrainingRun, batches, check_finite, optimizer_step
 
 
 class LabelledFrames(Dataset):
@@ -84,17 +79,3 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
         write_json_atomic(training.output_dir / "validation.json",
                           emotion_accuracy(logits, [emotion_label(store.clip(i)) for i in val_ids]))
     return path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, "emotion_classifier.yaml")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = train(config_from_args(args), args.resume)
-    print(f"emotion classifier saved to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_as_module("emotion-classifier")

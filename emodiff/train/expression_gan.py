@@ -1,8 +1,5 @@
 """Train the expression generator against its global and local discriminators (EMOdiffhead §3.3).
 
-  emodiff train expression --store STORE [--config configs/expression_gan.yaml] [--output-dir DIR] [--resume latest]
-  accelerate launch -m emodiff.train.expression_gan --store STORE
-
 Trains on windows of labelled clips of the configured MEAD levels (the strongest, 3, by default) and on every
 neutral clip whatever its level: MEAD records neutral at level 1 only, and G must learn e_n = G(neutral, z) too.
 Ablations: `model.use_local_discriminator=false` (no D_l), `model.global_discriminator.temporal=conv`
@@ -11,7 +8,6 @@ Ablations: `model.use_local_discriminator=false` (no D_l), `model.global_discrim
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
@@ -23,8 +19,7 @@ from emodiff.data.store import Clip
 from emodiff.errors import EmodiffError
 from emodiff.models.expression_gan import (TEMPORAL_KINDS, ExpressionGenerator, GlobalDiscriminator,
                                              LocalDiscriminator)
-from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
-                                  optimizer_step, run_as_module, sequence_dataset)
+from emodiff.train.common import TrainingRun, batches, check_finite, optimizer_step, sequence_dataset
 
 
 def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -115,17 +110,3 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
         if training.checkpoint_due(step):
             training.save_checkpoint(step)
     return training.finish({"generator": generator})["generator"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, "expression_gan.yaml")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = train(config_from_args(args), args.resume)
-    print(f"expression generator saved to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_as_module("expression")

@@ -1,22 +1,17 @@
 """Train the audio-to-intensity VAE on the store's pseudo intensities (Monte-Carlo ELBO, eq. 1).
 
-  emodiff train intensity --store STORE [--config configs/intensity.yaml] [--output-dir DIR] [--resume latest]
-  accelerate launch -m emodiff.train.intensity --store STORE
-
 The model is saved to OUTPUT_DIR/model.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from emodiff.models.intensity_vae import IntensityVAE
-from emodiff.train.common import (TrainingRun, add_training_arguments, batches, check_finite, config_from_args,
-                                  optimizer_step, run_as_module, sequence_dataset, warmup)
+from emodiff.train.common import TrainingRun, batches, check_finite, optimizer_step, sequence_dataset, warmup
 
 
 def train(config: DictConfig, resume: str | None = None) -> Path:
@@ -39,17 +34,3 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
         if training.checkpoint_due(step):
             training.save_checkpoint(step)
     return training.finish({"model": model})["model"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_training_arguments(parser, "intensity.yaml")
-
-
-def run(args: argparse.Namespace) -> int:
-    path = train(config_from_args(args), args.resume)
-    print(f"intensity predictor saved to {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_as_module("intensity")

@@ -1,21 +1,12 @@
 """Train the synthetic world's readout network on faces rendered on the fly (docs/design.md §11).
 
-    emodiff train readout [--config configs/readout.yaml] [--output-dir DIR] [--resume latest] [--set key=value ...]
-    accelerate launch -m emodiff.train.readout --config configs/readout.yaml
-
-Every batch shows fresh random identities with random expressions: an emotion at a random
-intensity k, a random mouth opening, and Gaussian spread on all eight parameters so each one is
-learned on its own. Light augmentation (blur, noise, colour, small shifts) makes the readout
-robust to imperfect generated frames. The model is evaluated on identities of another world seed
-(held out) and saved with `save_pretrained` into <output_dir>/model, next to metrics.json (R² per
-parameter, emotion accuracy at k ≥ 0.5). Checkpoints, logs and resume are those of the shared
-`emodiff.train.common.TrainingRun`; batches and augmentation are functions of the step, so a
-resumed run is exact.
+Batches of fresh random identities and expressions with light augmentation, evaluated on another world seed; the
+command's help (emodiff/cli/train/readout.py) describes the run. Batches and augmentation are functions of the
+step, so a resumed run is exact.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 from pathlib import Path
@@ -34,7 +25,7 @@ from emodiff.data.synthetic import EMOTION_DIRECTIONS, EXPRESSION_PARAMS, MOUTH_
 from emodiff.errors import EmodiffError
 from emodiff.models.readout import ExpressionReadout
 from emodiff.train.common import (
-    CONFIG_DIR, TrainingRun, check_finite, load_config, optimizer_step, run_as_module, warmup,
+    CONFIG_DIR, TrainingRun, check_finite, optimizer_step, warmup,
 )
 
 DEFAULT_CONFIG = CONFIG_DIR / "readout.yaml"
@@ -203,26 +194,3 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
 def _seed_of(*numbers: int) -> int:
     """A 32-bit seed mixed from several integers (numpy SeedSequence)."""
     return int(np.random.SeedSequence(list(numbers)).generate_state(1)[0])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=CONFIG_DIR / "readout.yaml", help="YAML config (default configs/readout.yaml)")
-    parser.add_argument("--output-dir", type=Path, help="run folder: checkpoints/, logs/ and model/ (overrides output_dir)")
-    parser.add_argument("--max-steps", type=int, help="override train.max_steps")
-    parser.add_argument("--resume", metavar="latest|CHECKPOINT",
-                        help="continue the run in --output-dir from its newest checkpoint, or from a checkpoint folder")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries, e.g. train.batch_size=32")
-
-
-def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.set)
-    if args.output_dir is not None:
-        config.output_dir = str(args.output_dir)
-    if args.max_steps is not None:
-        config.train.max_steps = args.max_steps
-    train(config, args.resume)
-    return 0
-
-
-if __name__ == "__main__":
-    run_as_module("readout")

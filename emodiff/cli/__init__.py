@@ -1,7 +1,9 @@
 """The `emodiff` command line: one subcommand per stage (docs/design.md §1).
 
-Each command lives in its own module, which provides `add_arguments(parser)` and `run(args)`;
-the module docstring's first line is the command's help. Only the module of the command being run is
+Each command is a module of this package (`emodiff.cli.<command>`, the training stages `emodiff.cli.train.<stage>`)
+that provides `add_arguments(parser)` and `run(args)`: `run` turns the parsed flags into typed values and calls the
+library function that does the work, and no module outside this package parses arguments. The module docstring's
+first line is the command's help. Only the module of the command being run is
 imported (the others' help lines are read from their source), so `emodiff --help` does not load torch.
 User errors (`EmodiffError`) are printed as one sentence with exit status 1, never as a traceback. Every command
 takes `--verbose`, which keeps the C++ log lines of mediapipe / TensorFlow Lite (`emodiff.native_logs`).
@@ -20,32 +22,32 @@ from emodiff.errors import EmodiffError
 from emodiff.native_logs import VERBOSE_ENV
 
 COMMANDS: dict[str, str] = {
-    "app": "emodiff.app",
-    "doctor": "emodiff.doctor",
-    "evaluate": "emodiff.metrics.evaluate",
-    "prepare": "emodiff.data.prepare",
-    "inspect": "emodiff.data.contact_sheet",
-    "schedule": "emodiff.control.preview",
-    "sample": "emodiff.sample",
-    "synthesize": "emodiff.data.synthetic",
-    "assemble": "emodiff.assemble",
-    "demo": "emodiff.demo",
-    "synthetic-run": "emodiff.synthetic_run",
-    "ablate": "emodiff.ablations",
-    "real-clips": "emodiff.experiments.real_clips",
+    "app": "emodiff.cli.app",
+    "doctor": "emodiff.cli.doctor",
+    "evaluate": "emodiff.cli.evaluate",
+    "prepare": "emodiff.cli.prepare",
+    "inspect": "emodiff.cli.inspect",
+    "schedule": "emodiff.cli.schedule",
+    "sample": "emodiff.cli.sample",
+    "synthesize": "emodiff.cli.synthesize",
+    "assemble": "emodiff.cli.assemble",
+    "demo": "emodiff.cli.demo",
+    "synthetic-run": "emodiff.cli.synthetic_run",
+    "ablate": "emodiff.cli.ablate",
+    "real-clips": "emodiff.cli.real_clips",
 }
 TRAIN_STAGES: dict[str, str] = {
-    "denoiser": "emodiff.train.denoiser",
-    "expression": "emodiff.train.expression_gan",
-    "intensity": "emodiff.train.intensity",
-    "emotion-classifier": "emodiff.train.emotion_classifier",
-    "readout": "emodiff.train.readout",
-    "distill": "emodiff.train.distill",
-    "super-resolution": "emodiff.train.super_resolution",
+    "denoiser": "emodiff.cli.train.denoiser",
+    "expression": "emodiff.cli.train.expression",
+    "intensity": "emodiff.cli.train.intensity",
+    "emotion-classifier": "emodiff.cli.train.emotion_classifier",
+    "readout": "emodiff.cli.train.readout",
+    "distill": "emodiff.cli.train.distill",
+    "super-resolution": "emodiff.cli.train.super_resolution",
 }
 
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # emodiff/
 
 
 def _docstring(module_name: str) -> str:
@@ -78,7 +80,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         _add_module(commands, name, module_name, chosen=name == command)
-    train = commands.add_parser("train", help="Train one model stage (also runs under `accelerate launch -m emodiff.train.<stage>`).")
+    train = commands.add_parser("train", help="Train one model stage (also runs under `accelerate launch -m emodiff train <stage>`).")
     stages = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
     for name, module_name in TRAIN_STAGES.items():
         _add_module(stages, name, module_name, chosen=command == "train" and name == stage)
@@ -98,6 +100,3 @@ def main(argv: list[str] | None = None) -> int:
         print("emodiff: interrupted.", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
