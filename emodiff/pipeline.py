@@ -35,7 +35,6 @@ from emodiff import __version__
 from emodiff.control import ScheduleOptions, expression_condition, frame_schedule
 from emodiff.data.datasets import frames_to_tensor, window_indices
 from emodiff.data.labels import NEUTRAL
-from emodiff.data.store import ClipStore
 from emodiff.diffusion.gaussian import GaussianDiffusion, motion_frames
 from emodiff.diffusion.sampling import GuidanceRow, UNGUIDED, denoise
 from emodiff.diffusion.schedulers import make_scheduler
@@ -216,29 +215,6 @@ class EmoDiffPipeline:
         for module in pipeline.modules():
             module.eval()
         return pipeline
-
-    @classmethod
-    def from_training(cls, denoiser_dir: str | Path, store: ClipStore, expression_generator: ModelMixin | None = None,
-                      intensity_predictor: ModelMixin | None = None) -> "EmoDiffPipeline":
-        """Assemble a pipeline from an `emodiff train denoiser` folder (config.yaml, unet/, reference_net/) and the
-        store it was trained on, which gives e_n and e_y, the fps and the audio feature kind."""
-        from omegaconf import OmegaConf
-
-        from emodiff.models.reference_net import ReferenceNet
-        from emodiff.models.unet import DenoisingUNet
-
-        denoiser_dir = Path(denoiser_dir)
-        if not (denoiser_dir / "config.yaml").is_file() or not (denoiser_dir / "unet").is_dir():
-            raise EmodiffError(f"{denoiser_dir} is not a finished denoiser training folder (config.yaml, unet/).")
-        config = OmegaConf.load(denoiser_dir / "config.yaml")
-        meta = store.clip(store.clip_ids()[0]).meta
-        audio = meta.get("audio_features") or {}
-        return cls(DenoisingUNet.from_pretrained(denoiser_dir / "unet").eval(),
-                   ReferenceNet.from_pretrained(denoiser_dir / "reference_net").eval(),
-                   ExpressionReference.from_store(store), expression_generator, intensity_predictor,
-                   diffusion=OmegaConf.to_container(config.diffusion), resolution=config.data.resolution,
-                   window=config.data.window, fps=meta.get("fps", 25.0), audio_features=audio.get("kind", "mel"),
-                   audio_model=audio.get("model"), motion_noise=config.train.get("motion_noise_sampling", 0))
 
     def modules(self) -> list[torch.nn.Module]:
         return [c for c in self.components().values() if isinstance(c, torch.nn.Module)]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from emodiff.assemble import pipeline_from_training
 from emodiff.cli import main
 from emodiff.data.labels import EMOTIONS
 from emodiff.errors import EmodiffError
@@ -33,7 +34,7 @@ def teacher(tmp_path_factory) -> tuple[Path, Path]:
     assert main(["train", "denoiser", "--config", str(TINY), "--store", str(store.root), "--output-dir",
                  str(root / "denoiser"), "--max-steps", "200", "--set", "train.checkpoint_every=200",
                  "train.validate_every=1000"]) == 0
-    EmoDiffPipeline.from_training(root / "denoiser", store).save_pretrained(root / "teacher")
+    pipeline_from_training(root / "denoiser", store).save_pretrained(root / "teacher")
     return root / "teacher", store.root
 
 

@@ -29,6 +29,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from emodiff.assemble import pipeline_from_training
 from emodiff.data.labels import emotion_index
 from emodiff.data.store import ClipStore
 from emodiff.data.synthetic import EMOTION_DIRECTIONS, EXPRESSION_DIM, EXPRESSION_PARAMS, MOUTH_OPEN, SyntheticWorld, make_store
@@ -108,7 +109,7 @@ def train_world(root: Path, seed: int, denoiser_overrides: tuple[str, ...] = ())
                                  "validate_every": DENOISER_STEPS,
                                  "checkpoint_every": DENOISER_STEPS}})
     config.merge_with(OmegaConf.from_dotlist(list(denoiser_overrides)))
-    pipeline = EmoDiffPipeline.from_training(train_denoiser(config), store, expression_generator=generator)
+    pipeline = pipeline_from_training(train_denoiser(config), store, expression_generator=generator)
     readout_config = OmegaConf.load(READOUT_CONFIG)
     readout_config.merge_with({
         "seed": seed, "output_dir": str(root / "readout"), "world": {"seed": seed},

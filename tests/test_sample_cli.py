@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from emodiff.assemble import pipeline_from_training
 from emodiff.cli import main
 from emodiff.data.audio_features import audio_feature_dim
 from emodiff.data.media import load_audio, probe, read_video
@@ -40,7 +41,7 @@ def checkpoint(tmp_path_factory):
         "train.max_steps=3", "train.batch_size=4", "train.checkpoint_every=100", "train.validate_every=1000",
         f"data.store={store.root}", f"output_dir={root / 'run'}"])
     train_denoiser(config)
-    pipeline = EmoDiffPipeline.from_training(root / "run", store)
+    pipeline = pipeline_from_training(root / "run", store)
     pipeline.save_pretrained(root / "pipeline")
     return root / "pipeline"
 

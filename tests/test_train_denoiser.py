@@ -17,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from emodiff.assemble import pipeline_from_training
 from emodiff.cli import main as cli_main
 from emodiff.data.datasets import FrameDataset
 from emodiff.data.store import ClipStore
@@ -225,7 +226,7 @@ def test_without_reference_net_trains_and_samples(store, tmp_path):
                      "train.validate_every=60") == 0
     simple = [entry["loss/simple"] for entry in read_log(out)]
     assert np.mean(simple[-10:]) < 0.5 * np.mean(simple[:10])
-    pipeline = EmoDiffPipeline.from_training(out, ClipStore.open(store))
+    pipeline = pipeline_from_training(out, ClipStore.open(store))
     assert not any(isinstance(m, ReferenceAttention) for m in pipeline.unet.modules())
     assert not list(pipeline.reference_net.parameters()) and pipeline.reference_net(torch.zeros(1, 3, SIZE, SIZE)) == []
     pipeline.save_pretrained(tmp_path / "pipeline")
