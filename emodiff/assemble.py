@@ -23,18 +23,14 @@ from emodiff.models.intensity_vae import IntensityVAE
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.rrdbnet import RRDBNet
 from emodiff.models.unet import DenoisingUNet
+from emodiff.models.weights import load_component
 from emodiff.pipeline import EmoDiffPipeline
 
 
 def _load_run_model(run: Path, subfolder: str, model_cls: type[ModelMixin], command: str) -> ModelMixin:
     """The model `run/subfolder` saved by `emodiff train <command>`; a missing or broken one is one sentence."""
-    folder = Path(run) / subfolder
-    if not (folder / "config.json").is_file():
-        raise EmodiffError(f"{run} is not a finished `emodiff train {command}` folder ({subfolder}/ is missing).")
-    try:
-        return model_cls.from_pretrained(folder).eval()
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
-        raise EmodiffError(f"Cannot load {folder}: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from err
+    return load_component(Path(run) / subfolder, model_cls,
+                          f"{run} is not a finished `emodiff train {command}` folder ({subfolder}/ is missing).")
 
 
 def pipeline_from_training(denoiser_dir: str | Path, store: ClipStore, expression_generator: ModelMixin | None = None,

@@ -24,7 +24,7 @@ from emodiff.errors import EmodiffError
 from emodiff.files import atomic_path
 from emodiff.inference import InferenceOptions
 from emodiff.metrics.super_resolution import describe, recorded
-from emodiff.pipeline import EmoDiffPipeline
+from emodiff.sample import load_pipeline
 from emodiff.data.datasets import to_uint8
 
 SECONDS = 4.0
@@ -37,14 +37,6 @@ SHEET_FRAMES = 8
 def bundled_checkpoint() -> Path:
     """emodiff/assets/demo inside the installed package."""
     return Path(str(resources.files("emodiff"))) / "assets" / "demo"
-
-
-def load_demo_pipeline(checkpoint: Path) -> EmoDiffPipeline:
-    """The pipeline folder; a missing one is one sentence that says how to make it."""
-    if not (checkpoint / "model_index.json").is_file():
-        raise EmodiffError(f"No demo pipeline at {checkpoint}; make one with scripts/train_synthetic.sh "
-                           "(it trains in the synthetic world and writes emodiff/assets/demo), or pass --checkpoint DIR.")
-    return EmoDiffPipeline.from_pretrained(checkpoint)
 
 
 def demo_world(checkpoint: Path, resolution: int, fps: float) -> SyntheticWorld:
@@ -90,7 +82,10 @@ def run_demo(out: Path, checkpoint: Path | None = None, steps: int | None = None
     """Write the demo into `out` with the pipeline at `checkpoint` (default: the bundled one) and `steps` DDIM steps
     and expression guidance `cfg_exp` (default: the pipeline's own); returns the written files by name."""
     checkpoint = checkpoint if checkpoint is not None else bundled_checkpoint()
-    pipeline = load_demo_pipeline(checkpoint).accelerate_inference(inference)
+    if not (checkpoint / "model_index.json").is_file():
+        raise EmodiffError(f"No demo pipeline at {checkpoint}; make one with scripts/train_synthetic.sh "
+                           "(it trains in the synthetic world and writes emodiff/assets/demo), or pass --checkpoint DIR.")
+    pipeline = load_pipeline(checkpoint).accelerate_inference(inference)
     fps, resolution = pipeline.settings["fps"], pipeline.settings["resolution"]
     world = demo_world(checkpoint, resolution, fps)
     (identity_index,) = unseen_identities(trained_world(checkpoint) or {}, 1)

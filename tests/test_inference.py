@@ -14,13 +14,14 @@ from emodiff.cli import main as cli_main
 from emodiff.control import parse_intensity
 from emodiff.data.datasets import window_indices
 from emodiff.data.synthetic import trained_world, unseen_identities
-from emodiff.demo import bundled_checkpoint, demo_world, load_demo_pipeline
+from emodiff.demo import bundled_checkpoint, demo_world
 from emodiff.errors import EmodiffError
 from emodiff.inference import InferenceOptions
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
 from emodiff.models.expression_reference import ExpressionReference
 from emodiff.pipeline import EmoDiffPipeline, VideoConditions
+from emodiff.sample import load_pipeline
 from tests.test_pipeline import AUDIO_DIM, EXP_DIM, SIZE, collect, random_video, tiny_pipeline
 
 HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
@@ -30,7 +31,7 @@ HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
 def demo_video() -> VideoConditions:
     """8 frames of the bundled (trained) demo pipeline's own conditions: a face of its world speaking its speech."""
     checkpoint = bundled_checkpoint()
-    pipeline = load_demo_pipeline(checkpoint)
+    pipeline = load_pipeline(checkpoint)
     fps = pipeline.settings["fps"]
     world = demo_world(checkpoint, pipeline.settings["resolution"], fps)
     (face,) = unseen_identities(trained_world(checkpoint), 1)
@@ -39,7 +40,7 @@ def demo_video() -> VideoConditions:
 
 
 def demo_frames(video: VideoConditions, options: InferenceOptions = InferenceOptions(), seed: int = 3) -> torch.Tensor:
-    pipeline = load_demo_pipeline(bundled_checkpoint()).accelerate_inference(options)
+    pipeline = load_pipeline(bundled_checkpoint()).accelerate_inference(options)
     return collect(pipeline, [video], steps=8, seeds=[seed], cfg_expression=2.0)[0]
 
 
@@ -53,7 +54,7 @@ def test_bf16_sampling_runs_in_bf16_and_stays_within_rounding_of_fp32(demo_video
     of 2^-8 ≈ 0.004 of values in [-1, 1]: the frames may differ from fp32 by about that (measured 0.003–0.004 mean
     per frame), bounded here by 0.01 (1.3 of 255 grey levels), well under what another seed changes (≥ 0.02), and
     the difference must not build up from frame to frame through the motion frames."""
-    pipeline = load_demo_pipeline(bundled_checkpoint()).accelerate_inference(InferenceOptions("bf16"))
+    pipeline = load_pipeline(bundled_checkpoint()).accelerate_inference(InferenceOptions("bf16"))
     dtypes = set()
     pipeline.unet.trunk.input_conv.register_forward_hook(lambda module, inputs, output: dtypes.add(output.dtype))
     bf16 = collect(pipeline, [demo_video], steps=8, seeds=[3], cfg_expression=2.0)[0]
@@ -67,7 +68,7 @@ def test_bf16_sampling_runs_in_bf16_and_stays_within_rounding_of_fp32(demo_video
 
 
 def test_channels_last_changes_the_layout_not_the_frames(demo_video, fp32_frames):
-    pipeline = load_demo_pipeline(bundled_checkpoint()).accelerate_inference(InferenceOptions(channels_last=True))
+    pipeline = load_pipeline(bundled_checkpoint()).accelerate_inference(InferenceOptions(channels_last=True))
     weight = pipeline.unet.trunk.input_conv.weight
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     frames = collect(pipeline, [demo_video], steps=8, seeds=[3], cfg_expression=2.0)[0]

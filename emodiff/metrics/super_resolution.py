@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from emodiff.data.datasets import frames_to_tensor, to_uint8
-from emodiff.errors import EmodiffError
 from emodiff.metrics.quality import psnr, ssim
 from emodiff.models.rrdbnet import RRDBNet
+from emodiff.models.weights import load_component
 
 COMMENT_PREFIX = "emodiff super-resolution: "
 
@@ -79,10 +79,9 @@ def load_upscaler(path: str | Path) -> RRDBNet:
     if path.is_file():
         return RRDBNet.from_basicsr(path)
     folder = path / "super_resolution" if (path / "model_index.json").is_file() else path
-    if not (folder / "config.json").is_file():
-        raise EmodiffError(f"{path} holds no super-resolution model (a pipeline folder with super_resolution/, "
-                           "an `emodiff train super-resolution` output's super_resolution/, or a Real-ESRGAN .pth).")
-    return RRDBNet.from_pretrained(folder).eval()
+    return load_component(folder, RRDBNet, f"{path} holds no super-resolution model (a pipeline folder with "
+                          "super_resolution/, an `emodiff train super-resolution` output's super_resolution/, or a "
+                          "Real-ESRGAN .pth).")
 
 
 def upscale_video(path: Path, out: Path, model: RRDBNet, batch_size: int = 16) -> Path:

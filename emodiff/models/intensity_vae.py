@@ -18,7 +18,7 @@ import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from emodiff.errors import EmodiffError
+from emodiff.models.weights import load_component
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -150,8 +150,5 @@ class IntensityVAE(ModelMixin, ConfigMixin):
 
 def load_intensity_vae(path: str | Path) -> IntensityVAE:
     """A trained predictor from a `save_pretrained` folder, with a clear error when it is missing."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise EmodiffError(f"No trained intensity predictor in {path} (config.json missing); "
-                           "train one with `emodiff train intensity`.")
-    return IntensityVAE.from_pretrained(path).eval()
+    return load_component(path, IntensityVAE, f"No trained intensity predictor in {path} (config.json missing); "
+                          "train one with `emodiff train intensity`.")

@@ -1,12 +1,31 @@
-"""Reading third-party weights safely and placing modules: the helpers every model loader shares."""
+"""Loading saved components, reading third-party weights safely and placing modules: the helpers every model loader
+shares."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 
 from emodiff.errors import EmodiffError
+
+Model = TypeVar("Model", bound=ModelMixin)
+
+
+def load_component(folder: str | Path, model_cls: type[Model], missing: str) -> Model:
+    """`model_cls` from a `save_pretrained` folder (config.json + safetensors) in eval mode. A folder without
+    config.json raises `EmodiffError` with `missing`, the sentence that says what was expected and how to make it;
+    a broken one says why it cannot be read."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise EmodiffError(missing)
+    try:
+        return model_cls.from_pretrained(folder).eval()
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EmodiffError(f"Cannot load {folder}: {reason}") from err
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
