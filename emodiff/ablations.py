@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import load_file
 
 from emodiff.assemble import assemble
@@ -36,7 +36,7 @@ from emodiff.pipeline import EmoDiffPipeline
 from emodiff.synthetic_run import EMOTIONAL, N_PARAMS, Video, _video_cache, held_out_speech, sample_videos, stage_config
 from emodiff.synthetic_run import score as score_sweep
 from emodiff.train import denoiser, expression_gan
-from emodiff.train.common import load_config
+from emodiff.train.common import apply_overrides, load_config
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,6 @@ TABLES: dict[str, tuple[Variant, ...]] = {
 }
 
 
-def _merge(config: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:
-    try:
-        return OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
-    except Exception as err:  # omegaconf raises several error types for one bad override
-        raise EmodiffError(f"Bad config override in {list(overrides)}: {err}.") from None
-
-
 def train_variant(base: DictConfig, stage: str, store: Path, folder: Path, overrides: list[str]) -> float:
     """Train one variant of `stage` ("denoiser" or "expression") into `folder` unless it is finished there;
     returns the wall time of the training in seconds (0 when it was finished already)."""
@@ -102,7 +95,7 @@ def train_variant(base: DictConfig, stage: str, store: Path, folder: Path, overr
     if result.exists():
         print(f"{folder.name}: finished run")
         return 0.0
-    config = _merge(stage_config(base, stage, store, folder), overrides)
+    config = apply_overrides(stage_config(base, stage, store, folder), overrides)
     start = time.monotonic()
     (denoiser if stage == "denoiser" else expression_gan).train(config, resume="latest")
     return time.monotonic() - start
@@ -377,7 +370,7 @@ def ablate(table: str, run: Path, out: Path, report: Path, budget_name: str = "q
         raise EmodiffError(f"Budget '{budget_name}' fine-tunes denoisers on the run's backbone, so it is for table3 "
                            "only (table2 removes part of that backbone; table4 trains no denoiser).")
     ctx = Context.open(Path(run))
-    ctx.config = _merge(ctx.config, overrides)
+    ctx.config = apply_overrides(ctx.config, overrides)
     stage = "expression" if table == "table4" else "denoiser"
     steps = budget.gan_steps if table == "table4" else budget.denoiser_steps
     ctx.config.stages[stage].overrides.train.max_steps = steps

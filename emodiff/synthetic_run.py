@@ -31,7 +31,7 @@ from emodiff.metrics.quality import psnr, ssim
 from emodiff.models.readout import ExpressionReadout
 from emodiff.pipeline import EmoDiffPipeline, VideoConditions
 from emodiff.train import denoiser, expression_gan, intensity, readout
-from emodiff.train.common import CONFIG_DIR, load_config, merge_overrides
+from emodiff.train.common import CONFIG_DIR, apply_overrides, load_config, merge_overrides
 
 DEFAULT_CONFIG = CONFIG_DIR / "synthetic_run.yaml"
 GOALS = {"spearman": 0.9, "spearman_gap": 0.05, "emotion_accuracy": 0.85, "mouth_pearson": 0.7, "psnr": 26.0,
@@ -49,10 +49,7 @@ def run_config(path: str | Path, profile: str | None = None, overrides: list[str
         if profile not in config.get("profiles", {}):
             raise EmodiffError(f"Profile '{profile}' is not in {path}; choose one of: {', '.join(config.profiles)}.")
         config = OmegaConf.merge(config, config.profiles[profile])
-    try:
-        config = OmegaConf.merge(config, OmegaConf.from_dotlist(list(overrides)))
-    except Exception as err:  # omegaconf raises several error types for one bad override
-        raise EmodiffError(f"Bad config override in {list(overrides)}: {err}.") from None
+    config = apply_overrides(config, overrides)
     config.profile = profile or "full"
     return config
 

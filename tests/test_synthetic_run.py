@@ -59,3 +59,7 @@ def test_bad_profile_or_override_is_one_sentence(tmp_path):
         _run(tmp_path / "a", [], profile="huge")
     with pytest.raises(EmodiffError, match="Bad config override"):
         _run(tmp_path / "b", ["world.identities=[=="])
+    with pytest.raises(EmodiffError, match=r"Unknown config key 'world.idenitites'; valid keys in world: .*identities"):
+        _run(tmp_path / "c", ["world.idenitites=2"])
+    with pytest.raises(EmodiffError, match=r"Unknown config key 'train.max_stpes'"):  # checked when the stage applies it
+        _run(tmp_path / "d", [*TINY, "stages.denoiser.overrides.train.max_stpes=2"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from emodiff.data.audio_features import check_speech, n_video_frames
@@ -25,7 +25,7 @@ from emodiff.data.prepare import PrepareSettings, find_sources, prepare
 from emodiff.data.store import ClipStore
 from emodiff.files import atomic_path, copy_atomic, write_json_atomic, write_text_atomic
 from emodiff.errors import EmodiffError
-from emodiff.train.common import CONFIG_DIR, load_config, merge_overrides
+from emodiff.train.common import CONFIG_DIR, apply_overrides, load_config, merge_overrides
 
 MODEL, REAL_MOTION = "model", "model_real_motion"  # generated runs, scored against "real"
 BASELINES = ("still", "delayed")
@@ -41,12 +41,7 @@ def load_experiment_config(path: str | Path, overrides: list[str]) -> tuple[Dict
     config = load_config(path, [o for o in overrides if not o.startswith("denoiser.")])
     base = Path(config.denoiser_config)
     denoiser = load_config(base if base.is_file() else CONFIG_DIR / base)
-    denoiser = merge_overrides(denoiser, config.get("denoiser") or {})
-    try:
-        stage_overrides = OmegaConf.from_dotlist(stage)
-    except Exception as err:  # omegaconf raises several error types for one bad override
-        raise EmodiffError(f"Bad config override in {stage}: {err}.") from None
-    return config, merge_overrides(denoiser, stage_overrides)
+    return config, apply_overrides(merge_overrides(denoiser, config.get("denoiser") or {}), stage)
 
 
 def split_clips(inputs: list[str | Path], out: Path, heldout_fraction: float, min_seconds: float,

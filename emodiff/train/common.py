@@ -52,11 +52,23 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 
 
+def _override_sections(config: DictConfig) -> list[DictConfig]:
+    """The mappings named `overrides` anywhere in `config` (a synthetic run's per-stage overrides of a stage config)."""
+    found = []
+    for key, value in config.items():
+        if isinstance(value, DictConfig):
+            found.extend([value] if key == "overrides" else _override_sections(value))
+    return found
+
+
 def merge_overrides(base: DictConfig, overrides: DictConfig | dict[str, Any]) -> DictConfig:
     """`overrides` merged onto a copy of `base`; a key that `base` lacks is refused in one sentence naming the valid
-    keys of its section (a misspelt key would otherwise be silently added)."""
+    keys of its section (a misspelt key would otherwise be silently added). Sections named `overrides` hold
+    overrides of another config and take any key (that config refuses the unknown ones when they are applied)."""
     strict = copy.deepcopy(base)
     OmegaConf.set_struct(strict, True)
+    for section in _override_sections(strict):  # overrides of another config, checked where they are applied
+        OmegaConf.set_struct(section, False)
     try:
         merged = OmegaConf.merge(strict, overrides)
     except ConfigKeyError as err:
@@ -69,20 +81,25 @@ def merge_overrides(base: DictConfig, overrides: DictConfig | dict[str, Any]) ->
     return merged
 
 
+def apply_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """`config` with `key=value` overrides of its keys applied (`merge_overrides`: an unknown key is refused); a
+    malformed override is one sentence."""
+    try:
+        parsed = OmegaConf.from_dotlist(list(overrides))
+    except Exception as err:  # omegaconf raises several error types for one bad override
+        raise EmodiffError(f"Bad config override in {list(overrides)}: {err}.") from None
+    return merge_overrides(config, parsed)
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The YAML config at `path` with `key=value` overrides of its keys applied. A top-level `base: FILE` (relative to
-    the config's folder) makes the config a set of overrides of that one."""
+    """The YAML config at `path` with `key=value` overrides of its keys applied (`apply_overrides`). A top-level
+    `base: FILE` (relative to the config's folder) makes the config a set of overrides of that one."""
     if not Path(path).is_file():
         raise EmodiffError(f"Config file {path} does not exist.")
     config = OmegaConf.load(path)
     if "base" in config:
         config = merge_overrides(load_config(Path(path).parent / config.pop("base")), config)
-    try:
-        return merge_overrides(config, OmegaConf.from_dotlist(list(overrides)))
-    except EmodiffError:
-        raise
-    except Exception as err:  # omegaconf raises several error types for one bad override
-        raise EmodiffError(f"Bad config override in {list(overrides)}: {err}.") from None
+    return apply_overrides(config, overrides)
 
 
 def training_config(path: str | Path, overrides: Sequence[str] = (), store: str | Path | None = None,
