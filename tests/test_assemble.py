@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from emodiff import assemble
-from emodiff.cli import assemble as assemble_command
+from emodiff.cli import main
 from emodiff.data.labels import EMOTIONS
 from emodiff.data.synthetic import make_store
 from emodiff.errors import EmodiffError
@@ -39,19 +38,18 @@ def runs(tmp_path_factory):
     return root, store
 
 
-def _args(**kwargs) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    assemble_command.add_arguments(parser)
-    return parser.parse_args([item for key, value in kwargs.items() for item in (f"--{key}", str(value))])
+def _assemble(**kwargs) -> int:
+    """`emodiff assemble --KEY VALUE ...` through the command line's entry point."""
+    return main(["assemble", *[item for key, value in kwargs.items() for item in (f"--{key}", str(value))]])
 
 
 def test_assembled_folder_loads_with_every_run_and_samples(runs):
     root, store = runs
     out = root / "pipeline"
     RRDBNet(scale=2, num_feat=4, num_block=1, num_grow_ch=4, residual=True).save_pretrained(root / "sr" / "super_resolution")
-    assert assemble_command.run(_args(denoiser=root / "denoiser", store=store.root, expression=root / "expression",
-                              intensity=root / "intensity", **{"super-resolution": root / "sr"}, out=out,
-                              steps=3, **{"cfg-exp": 2})) == 0
+    assert _assemble(denoiser=root / "denoiser", store=store.root, expression=root / "expression",
+                     intensity=root / "intensity", **{"super-resolution": root / "sr"}, out=out, steps=3,
+                     **{"cfg-exp": 2}) == 0
     pipeline = EmoDiffPipeline.from_pretrained(out)
     # the synthetic world travels with the pipeline, so `emodiff demo --checkpoint` renders the same world
     assert (out / "synthetic_world.json").read_text() == (store.stats_dir / "synthetic_world.json").read_text()
@@ -111,7 +109,7 @@ def test_store_without_neutral_clips_assembles_from_its_calmest_frames(runs, tmp
     emotional = make_store(tmp_path / "emotional", n_identities=2, clips_per_identity=2, n_frames=32, size=16,
                            emotions=("happy", "sad"), levels=(3,), seed=3)
     out = tmp_path / "pipeline"
-    assert assemble_command.run(_args(denoiser=root / "denoiser", store=emotional.root, out=out)) == 0
+    assert _assemble(denoiser=root / "denoiser", store=emotional.root, out=out) == 0
     assert "no neutral clips" in capsys.readouterr().out
     reference = EmoDiffPipeline.from_pretrained(out).expression_reference
     assert reference.config.neutral_source == "calmest frames"

@@ -84,11 +84,13 @@ def merge_overrides(base: DictConfig, overrides: DictConfig | dict[str, Any]) ->
 def apply_overrides(config: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """`config` with `key=value` overrides of its keys applied (`merge_overrides`: an unknown key is refused); a
     malformed override is one sentence."""
-    try:
-        parsed = OmegaConf.from_dotlist(list(overrides))
-    except Exception as err:  # omegaconf raises several error types for one bad override
-        raise EmodiffError(f"Bad config override in {list(overrides)}: {err}.") from None
-    return merge_overrides(config, parsed)
+    for override in overrides:
+        try:
+            OmegaConf.from_dotlist([override])
+        except Exception as err:  # omegaconf raises several error types for one bad override
+            reason = str(err).strip().splitlines()[0].rstrip(".")
+            raise EmodiffError(f"Bad config override '{override}' (KEY=VALUE with a YAML value): {reason}.") from None
+    return merge_overrides(config, OmegaConf.from_dotlist(list(overrides)))
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
