@@ -2,8 +2,10 @@
 
 The page is three parts (docs/design.md §5.4): `layout` builds the components and returns them as a `Page`,
 `Handlers` are the events' functions (form values in, outputs out, testable without a browser), and `build_app`
-wires them together. `serve` loads the pipeline, builds the page and serves it until Ctrl+C or SIGTERM; requests
-are queued, N at a time, and the work folder (examples, previews and jobs) is removed at exit.
+wires them together. Every event is private to the page but one: `/make_video`, the documented API endpoint that
+makes one video from the form's values (README, "The browser app"). `serve` loads the pipeline, builds the page and
+serves it until Ctrl+C or SIGTERM; requests are queued, N at a time, and the work folder (examples, previews and
+jobs) is removed at exit.
 """
 
 import atexit
@@ -36,6 +38,7 @@ except ImportError:
 CSS = ("video, .image-frame img {image-rendering: pixelated;}"  # small frames are enlarged without blurring
        "#status {min-height: 4em;}")  # room for the queue position Gradio shows over the status line
 STATUS_INTERVAL = 0.5  # seconds between status-line updates while sampling (the progress bar follows every frame)
+PRIVATE = {"api_visibility": "private"}  # an event of the page, not of the API
 Rows = Sequence[Sequence[object]] | None  # a table of the form (emotion timeline, key frames)
 
 
@@ -134,12 +137,12 @@ def layout(pipeline: EmoDiffPipeline, checkpoint: Path, faces: list[Path], speec
                 face_note = gr.Markdown(elem_id="face-note")
                 if faces:
                     gr.Examples([[str(path)] for path in faces], inputs=[face], label="Example faces",
-                                elem_id="face-examples")
+                                elem_id="face-examples", **PRIVATE)
                 speech = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath", elem_id="speech")
                 speech_note = gr.Markdown(elem_id="speech-note")
                 if speeches:
                     gr.Examples([[str(path)] for path in speeches], inputs=[speech], label="Example speech",
-                                elem_id="speech-examples")
+                                elem_id="speech-examples", **PRIVATE)
             with gr.Column():
                 timeline = gr.Dataframe(value=defaults.timeline(), headers=["emotion", "start (s)"],
                                         datatype=["str", "number"], column_count=2, row_count=2, type="array",
@@ -170,7 +173,7 @@ def layout(pipeline: EmoDiffPipeline, checkpoint: Path, faces: list[Path], speec
         with gr.Row():
             generate = gr.Button("Generate", variant="primary", elem_id="generate")
             cancel = gr.Button("Cancel", elem_id="cancel")
-        status = gr.Markdown(elem_id="status")
+        status = gr.Markdown(label="Status", elem_id="status")  # the label names it in the API
         with gr.Row():
             video = gr.Video(label="Video", elem_id="video", interactive=False, height=320)
             result_schedule = gr.Image(label="Schedule of the video", type="filepath", interactive=False, height=320)
@@ -303,13 +306,13 @@ class Handlers:
 
 
 def build_app(pipeline: EmoDiffPipeline, checkpoint: Path, work_dir: Path, concurrency: int = 1) -> gr.Blocks:
-    """The Gradio page for `pipeline` (loaded from `checkpoint`): `layout`'s components wired to `Handlers`; examples,
-    previews and jobs are written in `work_dir`."""
+    """The Gradio page for `pipeline` (loaded from `checkpoint`): `layout`'s components wired to `Handlers`, every
+    event private but `/make_video`; examples, previews and jobs are written in `work_dir`."""
     faces, speeches = write_examples(checkpoint, work_dir / "examples")
     defaults = Defaults.of(pipeline)
     page = layout(pipeline, checkpoint, faces, speeches, defaults)
     handlers = Handlers(pipeline, checkpoint, work_dir, defaults)
-    quiet = {"show_progress": "hidden", "concurrency_limit": None}  # the page's own light events
+    quiet = {"show_progress": "hidden", "concurrency_limit": None, **PRIVATE}  # the page's own light events
     preview_outputs = [page.schedule, page.speech_note, page.emotion_note, page.intensity_note]
     with page.blocks:
         page.mode.change(handlers.intensity_fields, [page.mode],
@@ -322,7 +325,7 @@ def build_app(pipeline: EmoDiffPipeline, checkpoint: Path, work_dir: Path, concu
         # on a running generator left the page unable to start another request (gradio 6.31).
         page.generate.click(handlers.submit, None, [page.status], **quiet).then(
             handlers.make_video, page.form, page.results, show_progress_on=[page.status],
-            concurrency_limit=concurrency, concurrency_id="sampling")
+            concurrency_limit=concurrency, concurrency_id="sampling", api_name="make_video")
         page.cancel.click(handlers.cancel, None, [page.status], **quiet)
     page.blocks.queue(default_concurrency_limit=concurrency)
     return page.blocks

@@ -1,10 +1,13 @@
 """The app's logic without a browser (`emodiff.sample_form`): form rows → specs, the live preview with the command
 line's sentences, examples and the photo warning, and a job whose video the shown `emodiff sample` command remakes;
-and the page's handlers (`emodiff.app.Handlers`) called as plain methods."""
+the page's handlers (`emodiff.app.Handlers`) called as plain methods; and the app served in-process, whose one API
+endpoint makes the README's video through gradio_client."""
 
 from __future__ import annotations
 
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,9 +27,11 @@ from emodiff.errors import EmodiffError
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.sample_form import (ARCHIVE, COMMAND, OUTPUT, SHEET, Cancellations, SampleJob, SampleRequest,
                                  face_warning, intensity_spec, preview_schedule, timeline_spec, write_examples)
+from tests.browser import free_port
 from tests.conftest import write_tiny_pipeline
 
 FPS = 25
+README = Path(__file__).resolve().parents[1] / "README.md"
 WORLD = {"seed": 2, "size": 32, "fps": FPS, "held_out_identities": ["syn007"]}
 
 
@@ -283,3 +288,37 @@ def test_handlers_take_the_form_values_and_return_the_outputs_without_a_browser(
     assert next(frames)[0] == "Cancelled after frame 1 of 10; no video was written."
     assert next(frames, None) is None
 
+
+@pytest.fixture(scope="module")
+def served(pipeline, checkpoint, tmp_path_factory):
+    """The app served in-process on a free port, as `emodiff app` serves it; yields its URL."""
+    pytest.importorskip("gradio")
+    from emodiff.app import build_app
+
+    work_dir = tmp_path_factory.mktemp("served")
+    page = build_app(pipeline, checkpoint, work_dir)
+    port = free_port()
+    page.launch(server_name="127.0.0.1", server_port=port, ssr_mode=False, allowed_paths=[str(work_dir)], quiet=True,
+                prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{port}/"
+    page.close()
+
+
+def test_the_api_is_one_endpoint_and_the_readme_example_makes_a_video_with_it(served, inputs, tmp_path, monkeypatch):
+    from gradio_client import Client
+
+    api = Client(served, verbose=False).view_api(return_format="dict", print_info=False)
+    assert list(api["named_endpoints"]) == ["/make_video"] and not api["unnamed_endpoints"]
+    parameters = [parameter["parameter_name"] for parameter in api["named_endpoints"]["/make_video"]["parameters"]]
+    assert parameters == list(form_values(inputs))
+
+    example = re.search(r"```python\n(from gradio_client import .*?)```", README.read_text(), re.DOTALL).group(1)
+    assert 'Client("http://127.0.0.1:7860/")' in example
+    shutil.copyfile(inputs["face"], tmp_path / "face.png")
+    shutil.copyfile(inputs["short"], tmp_path / "speech.wav")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(example.replace("http://127.0.0.1:7860/", served), namespace)  # the README's code, against this server
+    assert namespace["status"] == "Done: 10 frames at 25 fps."
+    assert len(list(read_video(namespace["video"], FPS))) == 10 and probe(namespace["video"]).has_audio
+    assert namespace["command"].startswith("emodiff sample --checkpoint ") and "--seed 4" in namespace["command"]
