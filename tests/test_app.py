@@ -1,13 +1,18 @@
 """The app's logic without a browser (`emodiff.sample_form`): form rows → specs, the live preview with the command
-line's sentences, examples and the photo warning, and a job whose video the shown `emodiff sample` command remakes."""
+line's sentences, examples and the photo warning, and a job whose video the shown `emodiff sample` command remakes;
+the page's handlers (`emodiff.app.Handlers`) called as plain methods; and the app served in-process, whose one API
+endpoint makes the README's video through gradio_client."""
 
 from __future__ import annotations
 
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,9 +27,11 @@ from emodiff.errors import EmodiffError
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.sample_form import (ARCHIVE, COMMAND, OUTPUT, SHEET, Cancellations, SampleJob, SampleRequest,
                                  face_warning, intensity_spec, preview_schedule, timeline_spec, write_examples)
+from tests.browser import free_port
 from tests.conftest import write_tiny_pipeline
 
 FPS = 25
+README = Path(__file__).resolve().parents[1] / "README.md"
 WORLD = {"seed": 2, "size": 32, "fps": FPS, "held_out_identities": ["syn007"]}
 
 
@@ -200,6 +207,7 @@ def test_cancel_marks_only_a_session_with_a_request_and_a_new_request_starts_unc
 def test_app_command_without_gradio_or_with_a_bad_concurrency_is_one_sentence(monkeypatch, capsys):
     assert cli_error(["app", "--concurrency", "0"], capsys) == "--concurrency must be at least 1, not 0."
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
+    monkeypatch.delitem(sys.modules, "emodiff.app", raising=False)  # imported afresh, as by the command
     assert "pip install -e \".[app]\"" in cli_error(["app"], capsys)
 
 
@@ -225,3 +233,92 @@ def test_the_form_logic_does_not_import_gradio_and_the_page_does_not_import_torc
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout.split() == ["Blocks", "False"], result.stderr
     assert len(list((tmp_path / "examples").glob("face_syn*.png"))) == 4
+
+
+def form_values(inputs: dict[str, Path], **overrides) -> dict[str, object]:
+    """`Handlers.make_video`'s arguments for 0.4 s of speech at 2 steps (the page's own values elsewhere)."""
+    values = dict(face=str(inputs["face"]), speech=str(inputs["short"]), emotion_timeline=[["happy", 0], ["sad", 0.2]],
+                  crossfade=0.2, intensity_mode="key frames", constant_k=0.8, keyframes=[[0, 0.1], [0.4, 0.9]],
+                  interpolation="linear", voice_scale=1.0, voice_clip_low=0.0, voice_clip_high=1.0,
+                  voice_smoothing_frames=5, sampler="ddim", steps=2, cfg_audio=None, cfg_exp=None, seed=4)
+    values.update(overrides)
+    return values
+
+
+def gr_skip() -> dict:
+    import gradio
+
+    return gradio.skip()
+
+
+@pytest.fixture(scope="module")
+def handlers(pipeline, checkpoint, tmp_path_factory):
+    pytest.importorskip("gradio")
+    from emodiff.app import Defaults, Handlers
+
+    return Handlers(pipeline, checkpoint, tmp_path_factory.mktemp("work"), Defaults.of(pipeline))
+
+
+def test_handlers_take_the_form_values_and_return_the_outputs_without_a_browser(handlers, inputs):
+    preview_values = {key: value for key, value in form_values(inputs).items()
+                      if key not in ("face", "sampler", "steps", "cfg_audio", "cfg_exp", "seed")}
+    plot, speech_note, emotion_note, intensity_note = handlers.preview(**preview_values)
+    assert plot["label"] == "Schedule over the 0.40 s of the speech" and Path(plot["value"]).is_file()
+    assert (speech_note, emotion_note, intensity_note) == ("", "", "")
+    _, _, emotion_note, _ = handlers.preview(**{**preview_values, "emotion_timeline": [["hapy", 0]]})
+    assert emotion_note.startswith("⚠️ ") and "hapy" in emotion_note
+    assert [update["visible"] for update in handlers.intensity_fields("from the voice")] == [False, False, False, True]
+    assert handlers.face_note(str(inputs["face"])) == ""
+
+    session = SimpleNamespace(session_hash="user")
+    outputs = list(handlers.make_video(**form_values(inputs), request=session))
+    assert outputs[0][0] == "Sampling 10 frames…" and outputs[0][1:5] == (None,) * 4
+    status, video, schedule, sheet, archive, command = outputs[-1]
+    assert status == "Done: 10 frames at 25 fps." and len(list(read_video(video, FPS))) == 10
+    assert all(Path(path).is_file() for path in (schedule, sheet, archive)) and "--steps 2 --cfg-audio" in command
+
+    (refused,) = handlers.make_video(**form_values(inputs, face=None), request=session)
+    assert refused[0].startswith("⚠️ Give a face") and refused[1:] == (gr_skip(),) * 5
+
+    assert handlers.cancel(session) == gr_skip()  # nothing to cancel: the status stays
+    assert handlers.submit(session) == "In the queue…"
+    frames = handlers.make_video(**form_values(inputs), request=session)
+    assert next(frames)[0] == "Sampling 10 frames…"
+    assert handlers.cancel(session) == "Cancelling after the current frame…"
+    assert next(frames)[0] == "Cancelled after frame 1 of 10; no video was written."
+    assert next(frames, None) is None
+
+
+@pytest.fixture(scope="module")
+def served(pipeline, checkpoint, tmp_path_factory):
+    """The app served in-process on a free port, as `emodiff app` serves it; yields its URL."""
+    pytest.importorskip("gradio")
+    from emodiff.app import build_app
+
+    work_dir = tmp_path_factory.mktemp("served")
+    page = build_app(pipeline, checkpoint, work_dir)
+    port = free_port()
+    page.launch(server_name="127.0.0.1", server_port=port, ssr_mode=False, allowed_paths=[str(work_dir)], quiet=True,
+                prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{port}/"
+    page.close()
+
+
+def test_the_api_is_one_endpoint_and_the_readme_example_makes_a_video_with_it(served, inputs, tmp_path, monkeypatch):
+    from gradio_client import Client
+
+    api = Client(served, verbose=False).view_api(return_format="dict", print_info=False)
+    assert list(api["named_endpoints"]) == ["/make_video"] and not api["unnamed_endpoints"]
+    parameters = [parameter["parameter_name"] for parameter in api["named_endpoints"]["/make_video"]["parameters"]]
+    assert parameters == list(form_values(inputs))
+
+    example = re.search(r"```python\n(from gradio_client import .*?)```", README.read_text(), re.DOTALL).group(1)
+    assert 'Client("http://127.0.0.1:7860/")' in example
+    shutil.copyfile(inputs["face"], tmp_path / "face.png")
+    shutil.copyfile(inputs["short"], tmp_path / "speech.wav")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(example.replace("http://127.0.0.1:7860/", served), namespace)  # the README's code, against this server
+    assert namespace["status"] == "Done: 10 frames at 25 fps."
+    assert len(list(read_video(namespace["video"], FPS))) == 10 and probe(namespace["video"]).has_audio
+    assert namespace["command"].startswith("emodiff sample --checkpoint ") and "--seed 4" in namespace["command"]
