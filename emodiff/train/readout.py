@@ -168,7 +168,7 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     model.train()
     for step in training.steps(start):
         batch = {k: v.to(accelerator.device) for k, v in next(stream).items()}
-        generator = torch.Generator().manual_seed(_seed_of(config.seed, accelerator.process_index, step))
+        generator = torch.Generator().manual_seed(seed_of(config.seed, accelerator.process_index, step))
         out = model(augment(batch["images"], aug.blur, aug.noise, aug.colour, aug.shift, generator))
         weight = emotion_weights(batch["emotion"], batch["intensity"], tc.emotion_full_at)
         expression_loss = F.mse_loss(out.expression.float(), batch["expression"])
@@ -191,6 +191,6 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     return path
 
 
-def _seed_of(*numbers: int) -> int:
+def seed_of(*numbers: int) -> int:
     """A 32-bit seed mixed from several integers (numpy SeedSequence)."""
     return int(np.random.SeedSequence(list(numbers)).generate_state(1)[0])

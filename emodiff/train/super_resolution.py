@@ -27,7 +27,7 @@ from emodiff.models.rrdbnet import PatchDiscriminator, RRDBNet
 from emodiff.train.common import (
     TrainingRun, batches, check_finite, optimizer_step, warmup,
 )
-from emodiff.train.readout import RenderedFaces, _seed_of, augment, sample_faces
+from emodiff.train.readout import RenderedFaces, seed_of, augment, sample_faces
 
 STAGE = "super-resolution"
 _EVAL_STREAM = 98
@@ -137,7 +137,7 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     model.train()
     for step in training.steps(start):
         low, truth = (x.to(accelerator.device) for x in next(stream))
-        generator = torch.Generator().manual_seed(_seed_of(config.seed, accelerator.process_index, step))
+        generator = torch.Generator().manual_seed(seed_of(config.seed, accelerator.process_index, step))
         low, truth = crop(low, truth, config.data.get("crop"), generator)
         low = (degrade(low, config, generator) + 1) / 2
         truth = (truth + 1) / 2
