@@ -58,25 +58,22 @@ def report_csv(report: dict) -> str:
 
 def write_plots(report: dict, out_dir: Path) -> list[Path]:
     """Intensity curves (target vs measured), per-emotion accuracy and FLIE curves, as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     written = []
 
-    def save(fig: "plt.Figure", name: str) -> None:
+    def save(fig: Figure, name: str) -> None:
         path = out_dir / name
         fig.tight_layout()
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=100)
-        plt.close(fig)
         written.append(path)
 
     extras = report["extras"]
     curves = {run: e["intensity_curves"] for run, e in extras.items() if "intensity_curves" in e}
     if curves:
-        fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
+        fig = Figure(figsize=(4.5 * len(curves), 3.5))
+        axes = fig.subplots(1, len(curves), squeeze=False)
         for ax, (run, per_video) in zip(axes[0], curves.items()):
             # schedules that vary over time first: they show frame-wise control best
             ordered = sorted(per_video.items(), key=lambda item: np.ptp(item[1]["target"]) == 0)
@@ -88,7 +85,8 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
         save(fig, "intensity_curves.png")
     per_class = {run: e["per_class"] for run, e in extras.items() if "per_class" in e}
     if per_class:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
+        fig = Figure(figsize=(8, 3.5))
+        ax = fig.subplots()
         width = 0.8 / len(per_class)
         for r, (run, table) in enumerate(per_class.items()):
             x = np.array([EMOTIONS.index(e) for e in table]) + r * width
@@ -99,7 +97,8 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
         save(fig, "emotion_accuracy.png")
     flie = {run: e["flie_curves"] for run, e in extras.items() if "flie_curves" in e}
     if flie:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
         for r, (run, sweeps) in enumerate(flie.items()):
             for i, s in enumerate(sweeps):
                 means = np.asarray(s["mean_expression"])
@@ -113,7 +112,8 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     shown = [m for m in METRICS if any(m[0] in row and math.isfinite(row[m[0]]) for row in rows.values())]
     if shown:
         colour = {run: f"C{i}" for i, run in enumerate(rows)}
-        fig, axes = plt.subplots(1, len(shown), figsize=(2.2 * len(shown), 3), squeeze=False)
+        fig = Figure(figsize=(2.2 * len(shown), 3))
+        axes = fig.subplots(1, len(shown), squeeze=False)
         for ax, (key, title, arrow) in zip(axes[0], shown):
             names = [run for run, row in rows.items() if key in row and math.isfinite(row[key])]
             ax.bar(range(len(names)), [rows[run][key] for run in names], color=[colour[run] for run in names])
