@@ -241,9 +241,7 @@ def embedding_plot(real: dict[int, np.ndarray], generated: dict[str, np.ndarray]
     real ones, one panel per setup; returns per setup the mean distance, in the full sequence space, between
     each emotion's mean generated and mean real sequence, divided by the mean distance between the real means."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     emotions = sorted(real)
     flat = {e: real[e].reshape(len(real[e]), -1) for e in emotions}
@@ -252,9 +250,10 @@ def embedding_plot(real: dict[int, np.ndarray], generated: dict[str, np.ndarray]
     axes2d = np.linalg.svd(pooled - centre, full_matrices=False)[2][:2]
     real_means = np.stack([flat[e].mean(0) for e in emotions])
     spread = np.mean([np.linalg.norm(a - b) for i, a in enumerate(real_means) for b in real_means[i + 1:]])
-    figure, panels = plt.subplots(1, len(generated), figsize=(4 * len(generated), 4), sharex=True, sharey=True)
+    figure = Figure(figsize=(4 * len(generated), 4))
+    panels = figure.subplots(1, len(generated), sharex=True, sharey=True)
     gaps = {}
-    colours = plt.get_cmap("tab10")
+    colours = matplotlib.colormaps["tab10"]
     for panel, (label, sequences) in zip(np.atleast_1d(panels), generated.items()):
         gap = []
         for c, e in enumerate(emotions):
@@ -270,7 +269,6 @@ def embedding_plot(real: dict[int, np.ndarray], generated: dict[str, np.ndarray]
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=90)
-    plt.close(figure)
     return gaps
 
 

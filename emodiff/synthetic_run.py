@@ -285,13 +285,17 @@ def evaluate(config: DictConfig, out: Path) -> dict:
 
 def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeches: list[Speech],
            intensities: list[float], tests: list[Speech], predicted: list[np.ndarray], drift_curve: np.ndarray) -> None:
-    """linearity.png, mouth.png, intensity.png, drift.png and contact_sheet.png in OUT (PNG via matplotlib, Agg)."""
-    import matplotlib
+    """linearity.png, mouth.png, intensity.png, drift.png and contact_sheet.png in OUT (docs/design.md §8: Figure API)."""
+    from matplotlib.figure import Figure
+    from matplotlib.image import imsave
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def save(fig: Figure, name: str) -> None:
+        fig.tight_layout()
+        with atomic_path(out / name) as tmp:
+            fig.savefig(tmp, dpi=80)
 
-    fig, axes = plt.subplots(1, len(EMOTIONAL), figsize=(2.2 * len(EMOTIONAL), 2.4), sharey=True)
+    fig = Figure(figsize=(2.2 * len(EMOTIONAL), 2.4))
+    axes = fig.subplots(1, len(EMOTIONAL), sharey=True)
     for ax, emotion in zip(axes, EMOTIONAL):
         for reads, style, label in ((generated, "o-", "generated"), (truth, "s--", "true render")):
             projection = [np.mean([(r[0] @ EMOTION_DIRECTIONS[emotion]).mean() for v, r in zip(videos, reads)
@@ -302,47 +306,38 @@ def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeche
         ax.set_xlabel("k")
     axes[0].set_ylabel("readout · d_emotion")
     axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    with atomic_path(out / "linearity.png") as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    save(fig, "linearity.png")
 
     shown = next(i for i, v in enumerate(videos) if v.k == max(intensities))
-    fig, ax = plt.subplots(figsize=(6, 2.4))
+    fig = Figure(figsize=(6, 2.4))
+    ax = fig.subplots()
     ax.plot(speeches[videos[shown].speech].mouth, "k-", label="true mouth (speech)")
     ax.plot(generated[shown][0][:, MOUTH_OPEN], "o-", ms=3, label="readout of generated")
     ax.plot(truth[shown][0][:, MOUTH_OPEN], "s--", ms=3, label="readout of true render")
     ax.set_xlabel("frame")
     ax.set_ylabel("mouth open")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out / "mouth.png") as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    save(fig, "mouth.png")
 
-    fig, axes = plt.subplots(1, min(4, len(tests)), figsize=(3 * min(4, len(tests)), 2.2), sharey=True, squeeze=False)
+    fig = Figure(figsize=(3 * min(4, len(tests)), 2.2))
+    axes = fig.subplots(1, min(4, len(tests)), sharey=True, squeeze=False)
     for ax, test, k in zip(axes[0], tests, predicted):
         ax.plot(test.intensity, "k-", label="true k")
         ax.plot(k, "-", label="predicted from audio")
         ax.set_xlabel("frame")
     axes[0][0].set_ylabel("k")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out / "intensity.png") as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    save(fig, "intensity.png")
 
-    fig, ax = plt.subplots(figsize=(6, 2.4))
+    fig = Figure(figsize=(6, 2.4))
+    ax = fig.subplots()
     ax.plot(np.arange(1, len(drift_curve) + 1), drift_curve, "-")
     for span in (slice(0, DRIFT_WINDOW), slice(-DRIFT_WINDOW, None)):
         frames = np.arange(1, len(drift_curve) + 1)[span]
         ax.hlines(drift_curve[span].mean(), frames[0], frames[-1], colors="k", linestyles="--")
     ax.set_xlabel("frame")
     ax.set_ylabel("PSNR vs true render (dB)")
-    fig.tight_layout()
-    with atomic_path(out / "drift.png") as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    save(fig, "drift.png")
 
     # rows: emotions of the first held-out identity and speech; columns: the k sweep, audio-predicted k, true render
     first = videos[0].identity
@@ -354,7 +349,7 @@ def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeche
                                                                  mine[max(intensities)].truth[middle]]
         rows.append(np.concatenate([np.pad(c, ((1, 1), (1, 1), (0, 0)), constant_values=255) for c in cells], 1))
     sheet = np.concatenate(rows, 0)
-    plt.imsave(out / "contact_sheet.png", sheet.repeat(3, 0).repeat(3, 1))
+    imsave(out / "contact_sheet.png", sheet.repeat(3, 0).repeat(3, 1))
 
 
 def _fmt(value: float) -> str:

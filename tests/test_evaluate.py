@@ -18,8 +18,10 @@ from emodiff.data.store import ClipStore
 from emodiff.metrics import frechet
 from emodiff.metrics.emotion import emotion_accuracy, frame_logits, video_prediction
 from emodiff.models.emotion_classifier import EmotionClassifier
-from emodiff.metrics.evaluate import Video, Weights, evaluate_runs, report_markdown, write_report
 from emodiff.metrics.lpips import LPIPS
+from emodiff.metrics.report import report_markdown, write_report
+from emodiff.metrics.table import Weights, evaluate_runs
+from emodiff.metrics.videos import Video
 from tests.test_metrics import _alex_files, _TinyI3D, _TinyInception
 
 # ------------------------------------------------------------------------------------------ EmoAcc

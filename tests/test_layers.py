@@ -78,3 +78,25 @@ def test_every_module_has_a_layer_and_only_the_cli_parses_arguments() -> None:
         if layer(module) != COMMANDS:
             assert "argparse" not in imported_modules(ast.parse(path.read_text(encoding="utf-8"))), \
                 f"{module} parses arguments; command-line code belongs in emodiff/cli (docs/design.md §2)"
+
+
+def imports_pyplot(tree: ast.AST) -> bool:
+    """Whether an AST imports matplotlib.pyplot (`import matplotlib.pyplot`, `from matplotlib import pyplot`)."""
+    from_matplotlib = {f"matplotlib.{alias.name}" for node in ast.walk(tree)
+                       if isinstance(node, ast.ImportFrom) and node.module == "matplotlib" for alias in node.names}
+    return any(name.split(".")[:2] == ["matplotlib", "pyplot"] for name in imported_modules(tree) | from_matplotlib)
+
+
+def test_no_module_draws_with_pyplot() -> None:
+    """docs/design.md §8: figures are drawn on matplotlib's Figure API, not pyplot's global state, so threads (the
+    app's sessions) can draw at once."""
+    users = [str(path.relative_to(PACKAGE)) for path in sorted(PACKAGE.rglob("*.py"))
+             if imports_pyplot(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not users, f"these modules import matplotlib.pyplot; draw on matplotlib.figure.Figure instead: {users}"
+
+
+def test_the_pyplot_check_sees_every_form_of_the_import() -> None:
+    for source in ("import matplotlib.pyplot as plt", "def f():\n    from matplotlib import pyplot\n",
+                   "from matplotlib.pyplot import subplots"):
+        assert imports_pyplot(ast.parse(source)), source
+    assert not imports_pyplot(ast.parse("import matplotlib\nfrom matplotlib.figure import Figure\n"))

@@ -28,8 +28,9 @@ import argparse
 from pathlib import Path
 
 from emodiff.errors import EmodiffError
-from emodiff.metrics.evaluate import REFERENCE_RUN, WeightFiles, evaluate_folders
+from emodiff.metrics.evaluate import WeightFiles, evaluate_folders
 from emodiff.metrics.protocol import DEFAULT_SWEEP, MEAD_TEST_IDENTITIES, write_protocol
+from emodiff.metrics.videos import REFERENCE_RUN
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,23 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from emodiff.data.store import Clip, ClipStore  # noqa: E402
-from emodiff.errors import EmodiffError  # noqa: E402
-from emodiff.files import atomic_path  # noqa: E402
+from emodiff.data.store import Clip, ClipStore
+from emodiff.errors import EmodiffError
+from emodiff.files import atomic_path
 
 
 def contact_sheet(clip: Clip, path: Path, columns: int = 8) -> None:
     """Save `columns` evenly spaced crops with landmarks, and the intensity curve marking them."""
     n_frames = clip.n_frames
     picks = np.unique(np.linspace(0, n_frames - 1, min(columns, n_frames)).round().astype(int))
-    figure = plt.figure(figsize=(1.6 * len(picks), 3.6))
+    figure = Figure(figsize=(1.6 * len(picks), 3.6))
     grid = figure.add_gridspec(2, len(picks), height_ratios=(1, 0.8))
     for column, index in enumerate(picks):
         axis = figure.add_subplot(grid[0, column])
@@ -42,7 +39,6 @@ def contact_sheet(clip: Clip, path: Path, columns: int = 8) -> None:
                     fontsize=9)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100)
-    plt.close(figure)
 
 
 def inspect_store(store_dir: str | Path, out: str | Path | None = None) -> tuple[int, Path]:

@@ -141,9 +141,6 @@ def side_by_side(videos: Path, clip_ids: list[str], path: Path, fps: float) -> N
 
 def contact_sheet(videos: Path, clip_ids: list[str], path: Path, fps: float, columns: int = 6) -> None:
     """A PNG with, per clip, a row of real frames above the generated frames at the same times."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(columns * 1.2, len(clip_ids) * 2.5))
