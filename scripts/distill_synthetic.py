@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omegaconf import OmegaConf  # noqa: E402
 
 from emodiff.data.labels import EMOTIONS  # noqa: E402
-from emodiff.synthetic_run import evaluate  # noqa: E402
+from emodiff.experiments.synthetic_run import evaluate  # noqa: E402
 from emodiff.train import distill  # noqa: E402
 from emodiff.train.common import CONFIG_DIR, load_config  # noqa: E402
 

@@ -8,7 +8,7 @@ held-out sweep, readout/model = its readout at the world's size), every video of
 the SR's output size from the expression it was asked for (the exact high-resolution truth). The readout trained
 at that size (`emodiff train readout --set model.resolution=128 ...`) then reads (a) the true high-resolution
 renders, (b) SR and (c) bicubic of the true low-resolution renders, (d) SR and (e) bicubic of the generated
-frames; the scores are those of the synthetic report (`emodiff.synthetic_run.score`: ρ(k, readout·d) per emotion,
+frames; the scores are those of the synthetic report (`emodiff.experiments.synthetic_run.score`: ρ(k, readout·d) per emotion,
 EmoAcc@1 at the strongest k, mouth r against the true mouth opening), with PSNR / SSIM against the true
 high-resolution render and flicker (`emodiff.metrics.super_resolution.flicker`). Writes OUT/report.md,
 OUT/metrics.json and OUT/contact_sheet.png (low-res | bicubic | SR | truth).
@@ -34,7 +34,7 @@ from emodiff.data.synthetic import MOUTH_OPEN, SyntheticWorld  # noqa: E402
 from emodiff.metrics.quality import psnr, ssim  # noqa: E402
 from emodiff.metrics.super_resolution import bicubic, flicker, load_upscaler, upscale_frames  # noqa: E402
 from emodiff.models.readout import ExpressionReadout  # noqa: E402
-from emodiff.synthetic_run import _video_cache, held_out_speech, score  # noqa: E402
+from emodiff.experiments.synthetic_run import video_cache, held_out_speech, score  # noqa: E402
 
 GOAL_DELTA, GOAL_GAIN_DB = 0.02, 2.0
 SHEET_VIDEOS = 4
@@ -107,7 +107,7 @@ def main() -> None:
     model = load_upscaler(args.sr)
     scale = model.config.scale
     low_world, high_world = SyntheticWorld(w.seed, w.size), SyntheticWorld(w.seed, w.size * scale)
-    videos = _video_cache(args.run / "samples.npz")
+    videos = video_cache(args.run / "samples.npz")
     speeches = [held_out_speech(low_world, ev.frames, i, level=(2, 3, 1)[i % 3]) for i in range(ev.audio_clips)]
     intensities = [float(k) for k in ev.intensities]
     truth = high_resolution_truth(videos, high_world, speeches)

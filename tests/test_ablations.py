@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from emodiff import ablations, synthetic_run
+from emodiff.experiments import ablations, synthetic_run
 from emodiff.cli import main as cli_main
 from emodiff.models.unet import DenoisingUNet, ReferenceAttention
 from tests.test_synthetic_run import TINY

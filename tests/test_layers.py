@@ -12,7 +12,7 @@ PACKAGE = Path(emodiff.__file__).parent
 # Layer of each top-level name of the package; the command line (emodiff/cli/) is the last layer.
 COMMANDS = 6
 LAYERS = {"data": 0, "models": 1, "diffusion": 1, "control": 2, "pipeline": 3, "inference": 3, "assemble": 3,
-          "train": 4, "metrics": 5, "experiments": 5, "synthetic_run": 5, "ablations": 5, "sample": 5, "sample_form": 5,
+          "train": 4, "metrics": 5, "experiments": 5, "sample": 5, "sample_form": 5,
           "demo": 5, "app": 5, "doctor": 5, "cli": COMMANDS}
 LEAVES = {"errors", "native_logs", "files", "_configs"}  # every layer may use these
 # docs/design.md §2: stages that train or validate with a metric's own network import that metric module.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emodiff.ablations import BUDGETS, TABLES, ablate
+from emodiff.experiments.ablations import BUDGETS, TABLES, ablate
 from emodiff.metrics.lpips import LPIPS
 
 

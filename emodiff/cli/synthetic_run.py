@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from emodiff.synthetic_run import DEFAULT_CONFIG, synthetic_run
+from emodiff.experiments.synthetic_run import DEFAULT_CONFIG, synthetic_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,8 +33,8 @@ from emodiff.metrics.quality import psnr, ssim, video_cpbd
 from emodiff.models.expression_gan import ExpressionGenerator
 from emodiff.models.readout import ExpressionReadout
 from emodiff.pipeline import EmoDiffPipeline
-from emodiff.synthetic_run import EMOTIONAL, N_PARAMS, Video, _video_cache, held_out_speech, sample_videos, stage_config
-from emodiff.synthetic_run import score as score_sweep
+from emodiff.experiments.synthetic_run import EMOTIONAL, N_PARAMS, Video, video_cache, held_out_speech, sample_videos, stage_config
+from emodiff.experiments.synthetic_run import score as score_sweep
 from emodiff.train import denoiser, expression_gan
 from emodiff.train.common import apply_overrides, load_config
 
@@ -161,11 +161,11 @@ def evaluate_denoiser(ctx: Context, folder: Path, budget: Budget) -> dict:
         assemble(folder, ClipStore.open(ctx.store), pipeline_dir, ctx.run / "expression", ctx.run / "intensity")
     speeches = [held_out_speech(ctx.world, budget.frames, i, level=(2, 3, 1)[i % 3]) for i in range(ev.audio_clips)]
     intensities = [float(k) for k in ev.intensities]
-    videos = _video_cache(folder / "samples.npz")
+    videos = video_cache(folder / "samples.npz")
     if videos is None:
         pipeline = EmoDiffPipeline.from_pretrained(pipeline_dir)
         torch.manual_seed(ev.seed)
-        videos = _video_cache(folder / "samples.npz", sample_videos(
+        videos = video_cache(folder / "samples.npz", sample_videos(
             pipeline, ctx.world, ctx.held_out, speeches, intensities, ev.steps, ev.sampler, ev.seed, ev.cfg_audio,
             ev.cfg_expression, audio_intensity=False))
     fps = ctx.world.fps

@@ -157,7 +157,7 @@ def sample_videos(pipeline: EmoDiffPipeline, world: SyntheticWorld, identities: 
 
 
 
-def _video_cache(path: Path, videos: list[Video] | None = None) -> list[Video] | None:
+def video_cache(path: Path, videos: list[Video] | None = None) -> list[Video] | None:
     """Save the sampled videos to `path` (.npz, atomically), or load them when `videos` is None and it exists."""
     fields = ("identity", "emotion", "k", "speech")
     if videos is None:
@@ -225,17 +225,17 @@ def evaluate(config: DictConfig, out: Path) -> dict:
     identities = list(range(w.identities, w.identities + w.held_out))
     speeches = [held_out_speech(world, ev.frames, i, level=(2, 3, 1)[i % 3]) for i in range(ev.audio_clips)]
     intensities = [float(k) for k in ev.intensities]
-    videos = _video_cache(out / "samples.npz")
+    videos = video_cache(out / "samples.npz")
     if videos is None:
         torch.manual_seed(ev.seed)
-        videos = _video_cache(out / "samples.npz", sample_videos(pipeline, world, identities, speeches, intensities,
+        videos = video_cache(out / "samples.npz", sample_videos(pipeline, world, identities, speeches, intensities,
                                                                  ev.steps, ev.sampler, ev.seed, ev.cfg_audio,
                                                                  ev.cfg_expression, audio_intensity=True))
     # drift: every emotion at k = drift_k for each held-out identity, speaking one long held-out clip
     drift_speech = held_out_speech(world, ev.drift_frames, 100, level=2)
-    drift_videos = _video_cache(out / "samples_drift.npz")
+    drift_videos = video_cache(out / "samples_drift.npz")
     if drift_videos is None:
-        drift_videos = _video_cache(out / "samples_drift.npz", sample_videos(
+        drift_videos = video_cache(out / "samples_drift.npz", sample_videos(
             pipeline, world, identities, [drift_speech], [float(ev.drift_k)], ev.steps, ev.sampler, ev.seed,
             ev.cfg_audio, ev.cfg_expression, audio_intensity=False))
     drift_curve = np.mean([[psnr(t, f) for t, f in zip(v.truth, v.frames)] for v in drift_videos], axis=0)
