@@ -213,6 +213,10 @@ def test_bad_inputs_are_one_clear_sentence(store, tmp_path, capsys):
     assert "fewer than one batch" in capsys.readouterr().err
     assert train_cli(store, tmp_path / "o4", 1, resume=str(tmp_path)) == 1
     assert "not a denoiser checkpoint" in capsys.readouterr().err
+    assert train_cli(store, tmp_path / "o5", 1, "train.mixed_precision=fp32") == 1
+    assert "train.mixed_precision is 'fp32'; choose one of: no, fp16, bf16." in capsys.readouterr().err
+    # YAML reads an unquoted `no` as false, which is what the user meant
+    assert train_cli(store, tmp_path / "o6", 1, "train.mixed_precision=no", "train.checkpoint_every=1") == 0
 
 
 def test_without_reference_net_trains_and_samples(store, tmp_path):

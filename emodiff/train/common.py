@@ -162,6 +162,18 @@ def flat_hparams(config: DictConfig) -> dict[str, Any]:
     return flat
 
 
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+def mixed_precision(value: object) -> str:
+    """train.mixed_precision as accelerate names it; YAML reads an unquoted `no` (`--set train.mixed_precision=no`)
+    as false, which means "no" too. Anything else is one sentence."""
+    name = "no" if value is False else value
+    if name not in PRECISIONS:
+        raise EmodiffError(f"train.mixed_precision is {value!r}; choose one of: {', '.join(PRECISIONS)}.")
+    return str(name)
+
+
 class TrainingRun:
     """One stage's run in `config.output_dir`: accelerator, checkpoints and resume, logs, progress bar
     and final weights. Uses config keys seed, output_dir and train.{max_steps, mixed_precision,
@@ -176,7 +188,7 @@ class TrainingRun:
         # Synchronise every `gradient_accumulation_steps` batches, not at epoch ends, so that a step
         # is always the same number of batches (exact resume).
         self.accelerator = Accelerator(
-            mixed_precision=self.train.mixed_precision,
+            mixed_precision=mixed_precision(self.train.mixed_precision),
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=gradient_accumulation_steps,
                                                                     sync_with_dataloader=False),
             log_with="tensorboard",
