@@ -24,6 +24,7 @@ from emodiff.metrics.videos import (REFERENCE_RUN, deca_expressions, landmark_ex
                                     run_super_resolution, super_resolved_runs, video_paths)
 from emodiff.models.emotion_classifier import EmotionClassifier
 from emodiff.models.syncnet import SyncNet
+from emodiff.models.weights import load_component
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,7 @@ def load_weights(files: WeightFiles, device: str | None = None) -> Weights:
 
 
 def _load_saved_model(cls: type, folder: str) -> torch.nn.Module:
-    if not (Path(folder) / "config.json").is_file():
-        raise EmodiffError(f"{folder} is not a saved {cls.__name__} folder (config.json is missing).")
-    return cls.from_pretrained(folder).eval()
+    return load_component(folder, cls, f"{folder} is not a saved {cls.__name__} folder (config.json is missing).")
 
 
 def evaluate_folders(reference_dir: Path, runs: dict[str, Path], out: Path, files: WeightFiles = WeightFiles(),
