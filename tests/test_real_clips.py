@@ -83,6 +83,30 @@ def test_a_rerun_continues_instead_of_starting_again(small_run: tuple[Path, Path
     assert json.loads((out / "timings.json").read_text())["train"] == timings["train"]  # not trained again
 
 
+def test_the_guidance_script_samples_as_the_command_does(small_run: tuple[Path, Path, int], tmp_path: Path) -> None:
+    """scripts/real_clips_guidance.py on a finished run: four scored runs (s_a 1 and 2, rolled out and teacher-forced);
+    at s_a = 1 its rolled-out frames are the command's own model frames (same pipeline, seed and sampler), up to the
+    last frames, whose audio window the cut speech changes."""
+    import subprocess
+    import sys
+
+    out, _, _ = small_run
+    script = Path(__file__).resolve().parents[1] / "scripts" / "real_clips_guidance.py"
+    result = subprocess.run([sys.executable, str(script), str(out), str(tmp_path / "guidance"), "--seconds", "0.4",
+                             "--cfg-audio", "1", "2", "--steps", "2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    names = ["cfg_audio_1", "cfg_audio_1_real_motion", "cfg_audio_2", "cfg_audio_2_real_motion"]
+    table = result.stdout.split("| run | psnr | ssim | m_lmd | f_lmd | mouth_r |")[-1]  # after the harness's report
+    assert [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| cfg")] == names
+    metrics = json.loads((tmp_path / "guidance" / "report" / "metrics.json").read_text())["metrics"]
+    assert all(np.isfinite(metrics[name]["psnr"]) for name in names)
+    clip = "talk_retalking_2.mp4"
+    probed = np.stack(list(read_video(tmp_path / "guidance" / "videos" / "cfg_audio_1" / clip)))
+    command = np.stack(list(read_video(out / "videos" / "model" / clip)))[:len(probed)]
+    assert len(probed) == 10
+    np.testing.assert_allclose(probed[:5].astype(float), command[:5].astype(float), atol=8)
+
+
 def test_a_folder_without_a_usable_clip_is_one_sentence(fixtures_dir: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     clips = link(tmp_path / "clips", fixtures_dir, ["mead_sad_crop.mp4", "mead_happy_crop.mp4"])
