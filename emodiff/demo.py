@@ -85,7 +85,7 @@ def run_demo(out: Path, checkpoint: Path | None = None, steps: int | None = None
     if not (checkpoint / "model_index.json").is_file():
         raise EmodiffError(f"No demo pipeline at {checkpoint}; make one with scripts/train_synthetic.sh "
                            "(it trains in the synthetic world and writes emodiff/assets/demo), or pass --checkpoint DIR.")
-    pipeline = load_pipeline(checkpoint).accelerate_inference(inference)
+    pipeline = load_pipeline(checkpoint, sr=None).accelerate_inference(inference)  # with its own super-resolution
     fps, resolution = pipeline.settings["fps"], pipeline.settings["resolution"]
     world = demo_world(checkpoint, resolution, fps)
     (identity_index,) = unseen_identities(trained_world(checkpoint) or {}, 1)

@@ -186,10 +186,12 @@ def sample_batch(pipeline: EmoDiffPipeline, jobs: list[Job], videos: list[VideoC
         print(f"wrote {paths['video']} ({video.n_frames} frames at {fps:g} fps) and {paths['schedule'].name}")
 
 
-def load_pipeline(checkpoint: str | Path, sr: str = "none", sr_weights: str | None = None) -> EmoDiffPipeline:
-    """The pipeline at `checkpoint` with the super-resolution `sr` (`load_super_resolution`; none by default)."""
+def load_pipeline(checkpoint: str | Path, sr: str | None = "none", sr_weights: str | None = None) -> EmoDiffPipeline:
+    """The pipeline at `checkpoint` with the super-resolution `sr` (`load_super_resolution`; none by default, as
+    `emodiff sample`); `sr` None keeps the pipeline's own (the demo)."""
     pipeline = EmoDiffPipeline.from_pretrained(checkpoint)
-    pipeline.super_resolution = load_super_resolution(pipeline, sr, sr_weights)
+    if sr is not None:
+        pipeline.super_resolution = load_super_resolution(pipeline, sr, sr_weights)
     return pipeline
 
 

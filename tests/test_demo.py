@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from emodiff import demo
 from emodiff.cli import main as cli_main
 from emodiff.data.media import SAMPLE_RATE, load_audio, probe, read_video
 from emodiff.data.synthetic import render_origin
+from emodiff.models.rrdbnet import RRDBNet
+from emodiff.pipeline import EmoDiffPipeline
 from tests.conftest import write_tiny_pipeline
 
 FPS = 25
@@ -43,6 +46,17 @@ def test_demo_writes_the_video_with_speech_the_intensity_plot_and_the_contact_sh
     assert abs(len(load_audio(out / "speech.wav")) - len(load_audio(video))) < 0.05 * SAMPLE_RATE
     assert sorted(p.name for p in out.iterdir()) == ["contact_sheet.png", "demo.mp4", "identity.png", "intensity.png",
                                                      "speech.wav"]
+
+
+def test_demo_keeps_the_pipelines_own_super_resolution(tiny_pipeline, tmp_path, capsys):
+    """The bundled pipeline carries a ×4 SR; the demo samples with it (`emodiff sample` only with --sr)."""
+    folder = tmp_path / "with_sr"
+    shutil.copytree(tiny_pipeline, folder)
+    pipeline = EmoDiffPipeline.from_pretrained(folder)
+    pipeline.super_resolution = RRDBNet(scale=2, num_feat=4, num_block=1, num_grow_ch=4, residual=True)
+    pipeline.save_pretrained(folder)
+    assert cli_main(["demo", "--checkpoint", str(folder), "--out", str(tmp_path / "demo"), "--steps", "1"]) == 0
+    assert "super-resolution x2 (16 → 32 px)" in capsys.readouterr().out
 
 
 def test_missing_checkpoint_is_one_sentence_that_says_how_to_make_it(tmp_path, monkeypatch, capsys):
