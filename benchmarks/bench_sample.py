@@ -38,6 +38,8 @@ from emodiff.inference import PRECISIONS, InferenceOptions, autocast, prepare_mo
 from emodiff.models.reference_net import ReferenceNet  # noqa: E402
 from emodiff.models.unet import ATTENTION_BACKENDS, DenoisingUNet  # noqa: E402
 from emodiff.models.expression_reference import ExpressionReference  # noqa: E402
+from emodiff.diffusion.gaussian import config_betas  # noqa: E402
+from emodiff.diffusion.schedulers import make_scheduler  # noqa: E402
 from emodiff.pipeline import EmoDiffPipeline, VideoConditions  # noqa: E402
 from emodiff.data.datasets import to_uint8  # noqa: E402
 from emodiff.train.common import load_config  # noqa: E402
@@ -49,7 +51,7 @@ def build_pipeline(config_path: str, resolution: int, device: torch.device) -> E
     config = load_config(config_path)
     unet = DenoisingUNet(sample_size=resolution, window=config.data.window, **OmegaConf.to_container(config.unet))
     return EmoDiffPipeline(unet.eval(), ReferenceNet.matching(unet).eval(), ExpressionReference(unet.config.expression_dim),
-                           diffusion=OmegaConf.to_container(config.diffusion), resolution=resolution,
+                           scheduler=make_scheduler("ddim", config_betas(config.diffusion)), resolution=resolution,
                            window=config.data.window).to(device)
 
 

@@ -45,17 +45,17 @@ Rows = Sequence[Sequence[object]] | None  # a table of the form (emotion timelin
 @dataclass(frozen=True)
 class Defaults:
     """The form's first values and what a cleared number means: the pipeline's own steps and guidance (a distilled
-    one's baked guidance), `SampleRequest`'s sampler and seed, and the demo's schedule (`emodiff demo`)."""
+    one's baked guidance) and sampler, `SampleRequest`'s seed, and the demo's schedule (`emodiff demo`)."""
 
     steps: int
     cfg_audio: float
     cfg_exp: float
-    sampler: str = SampleRequest.sampler
+    sampler: str
     seed: int = SampleRequest.seed
 
     @classmethod
     def of(cls, pipeline: EmoDiffPipeline) -> "Defaults":
-        return cls(pipeline.default_steps, *pipeline.guidance_scales(None, None))
+        return cls(pipeline.default_steps, *pipeline.guidance_scales(None, None), pipeline.sampler)
 
     @staticmethod
     def timeline() -> list[list]:

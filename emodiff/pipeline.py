@@ -9,7 +9,8 @@ optional RRDBNet super-resolves each output frame. Classifier-free guidance for 
 the same batch as the conditional prediction, and several videos are sampled as one batch.
 
 On disk the pipeline is a diffusers-style folder: `model_index.json` (pipeline settings and, per component,
-`[module, class]`) and one subfolder per component written by its own `save_pretrained`.
+`[module, class]`) and one subfolder per component written by its own `save_pretrained`; the scheduler is one of
+them (`scheduler/scheduler_config.json`), the pipeline's default sampler with the trained β_t.
 """
 
 from __future__ import annotations
@@ -35,19 +36,18 @@ from emodiff import __version__
 from emodiff.control import ScheduleOptions, expression_condition, frame_schedule
 from emodiff.data.datasets import frames_to_tensor, window_indices
 from emodiff.data.labels import NEUTRAL
-from emodiff.diffusion.gaussian import GaussianDiffusion, motion_frames
+from emodiff.diffusion.gaussian import GaussianDiffusion, config_betas, motion_frames
 from emodiff.diffusion.sampling import GuidanceRow, UNGUIDED, denoise
-from emodiff.diffusion.schedulers import make_scheduler
+from emodiff.diffusion.schedulers import SCHEDULER_CLASSES, make_scheduler, sampler_name, scheduler_betas
 from emodiff.errors import EmodiffError
 from emodiff.files import write_text_atomic
 from emodiff.inference import InferenceOptions, autocast, prepare_modules
 from emodiff.models.expression_reference import ExpressionReference
 
-COMPONENTS = ("unet", "reference_net", "expression_reference", "expression_generator",
+COMPONENTS = ("unet", "reference_net", "expression_reference", "scheduler", "expression_generator",
               "intensity_predictor", "super_resolution")
 OPTIONAL_COMPONENTS = ("expression_generator", "intensity_predictor", "super_resolution")
-SETTINGS = ("diffusion", "resolution", "window", "fps", "audio_features", "audio_model", "motion_noise", "steps",
-            "guidance")
+SETTINGS = ("resolution", "window", "fps", "audio_features", "audio_model", "motion_noise", "steps", "guidance")
 DEFAULT_STEPS = 25  # DDIM steps per frame of a pipeline that names none (a distilled one names its own)
 _LOADABLE_PACKAGE = "emodiff."  # model_index.json may only name classes of this package
 # classes that moved: the (module, class) a pipeline folder written before the move names -> where it lives now
@@ -103,6 +103,24 @@ def pipeline_folder(name_or_path: str | Path, revision: str | None = None, cache
         raise EmodiffError(f"Cannot download {where} from the Hugging Face Hub: {first_line(err)}") from err
 
 
+def load_scheduler(directory: Path, index: dict, unet: ModelMixin) -> SchedulerMixin:
+    """The pipeline folder's scheduler component; a folder written before schedulers were saved has the training's
+    `diffusion` section (beta_schedule, num_train_timesteps) in model_index.json instead, and sampled with DDIM."""
+    module_name, class_name = index.get("scheduler") or [None, None]
+    if module_name is None:
+        if "diffusion" not in index:
+            raise EmodiffError(f"The pipeline at {directory} has neither a scheduler nor the diffusion settings.")
+        return make_scheduler("ddim", config_betas(index["diffusion"]), unet.config.get("prediction_type", "epsilon"))
+    classes = {cls.__name__: cls for cls in SCHEDULER_CLASSES.values()}
+    if module_name != "diffusers" or class_name not in classes:
+        raise EmodiffError(f"{directory / 'model_index.json'} names {module_name}.{class_name} for the scheduler; "
+                           f"only {', '.join(sorted(classes))} of diffusers load.")
+    try:
+        return classes[class_name].from_pretrained(directory / "scheduler")
+    except (OSError, ValueError) as err:
+        raise EmodiffError(f"Cannot load the scheduler of the pipeline at {directory}: {first_line(err)}") from err
+
+
 @dataclass
 class VideoConditions:
     """Everything the denoiser needs for one video of T frames (the outputs of `EmoDiffPipeline.conditions`)."""
@@ -124,17 +142,18 @@ class EmoDiffPipeline:
 
     def __init__(self, unet: ModelMixin, reference_net: ModelMixin, expression_reference: ExpressionReference,
                  expression_generator: ModelMixin | None = None, intensity_predictor: ModelMixin | None = None,
-                 super_resolution: ModelMixin | None = None, *, diffusion: dict, resolution: int, window: int = 2,
+                 super_resolution: ModelMixin | None = None, *, scheduler: SchedulerMixin, resolution: int,
+                 window: int = 2,
                  fps: float = 25.0, audio_features: str = "mel", audio_model: str | None = None,
                  motion_noise: int = 0, steps: int | None = None, guidance: Sequence[float] | None = None) -> None:
-        """`diffusion` is the training config's diffusion section (beta_schedule, num_train_timesteps): the
-        sampler of each call is made from it by `make_scheduler`, so DDPM, DDIM and DPM-Solver++ share its β_t.
+        """`scheduler` is the pipeline's default sampler, with the β_t the denoiser was trained on
+        (`make_scheduler`); a call that names another kind gets one made from the same β_t.
         `motion_noise` is the level s (a diffusion step) the motion frames are noised to before each frame
         (the denoiser's `train.motion_noise_sampling`; 0 = clean motion frames, the paper). `steps` is the number of
         sampling steps per frame the pipeline is made for (a distilled student's; None = DEFAULT_STEPS), `guidance` the
         (s_audio, s_expression) it samples with when a call names none (None = 1, 1: no guidance; a distilled student
-        has its own baked in). These two are the one place that sampling defaults live: demo, sample and app read
-        them."""
+        has its own baked in). These and the scheduler are the one place that sampling defaults live: demo, sample,
+        app and the experiments read them."""
         if motion_noise and getattr(unet, "motion_noise_embedding", None) is None:
             raise EmodiffError("motion_noise needs a denoiser trained with motion-frame noise (train.motion_noise_max > 0).")
         self.unet = unet
@@ -143,8 +162,9 @@ class EmoDiffPipeline:
         self.expression_generator = expression_generator
         self.intensity_predictor = intensity_predictor
         self.super_resolution = super_resolution
-        self.settings = {"diffusion": {key: diffusion[key] for key in ("beta_schedule", "num_train_timesteps")},
-                         "resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features,
+        self.scheduler = scheduler
+        sampler_name(scheduler)  # one of emodiff's samplers
+        self.settings = {"resolution": resolution, "window": window, "fps": fps, "audio_features": audio_features,
                          "audio_model": audio_model, "motion_noise": int(motion_noise), "steps": steps,
                          "guidance": None if guidance is None else [float(g) for g in guidance]}
         self.inference = InferenceOptions()
@@ -166,7 +186,8 @@ class EmoDiffPipeline:
                 index[name] = [None, None]
                 continue
             component.save_pretrained(directory / name)
-            index[name] = [type(component).__module__, type(component).__name__]
+            module_name = "diffusers" if name == "scheduler" else type(component).__module__
+            index[name] = [module_name, type(component).__name__]
         write_text_atomic(directory / "model_index.json", json.dumps(index, indent=2))
         if push_to_hub:
             repo_id = repo_id or directory.name
@@ -195,6 +216,8 @@ class EmoDiffPipeline:
         components = {}
         for name in COMPONENTS:
             module_name, class_name = index.get(name) or [None, None]
+            if name == "scheduler":
+                continue
             if module_name is None:
                 if name not in OPTIONAL_COMPONENTS:
                     raise EmodiffError(f"The pipeline at {directory} has no {name}, which sampling needs.")
@@ -209,9 +232,9 @@ class EmoDiffPipeline:
             except (OSError, ValueError, KeyError, AttributeError, RuntimeError, ImportError, TypeError) as err:
                 raise EmodiffError(f"Cannot load the {name} of the pipeline at {directory}: {first_line(err)}") from err
         settings = {key: index[key] for key in SETTINGS if key in index}
-        if "diffusion" not in settings or "resolution" not in settings:
-            raise EmodiffError(f"{index_path} lacks the diffusion and resolution settings of the pipeline.")
-        pipeline = cls(**components, **settings)
+        if "resolution" not in settings:
+            raise EmodiffError(f"{index_path} lacks the resolution setting of the pipeline.")
+        pipeline = cls(**components, scheduler=load_scheduler(directory, index, components["unet"]), **settings)
         for module in pipeline.modules():
             module.eval()
         return pipeline
@@ -301,12 +324,19 @@ class EmoDiffPipeline:
         scales = self.unet.config.get("guidance_scales")
         return None if scales is None else (float(scales[0]), float(scales[1]))
 
-    def make_sampler(self, sampler: str, steps: int) -> SchedulerMixin:
-        """A diffusers scheduler of the requested kind with the trained β schedule (validates `steps`)."""
+    @property
+    def sampler(self) -> str:
+        """The kind of the pipeline's own scheduler (SAMPLERS), which a call that names none samples with."""
+        return sampler_name(self.scheduler)
+
+    def make_sampler(self, sampler: str | None, steps: int) -> SchedulerMixin:
+        """A fresh scheduler of the requested kind (None: the pipeline's own, with its saved options) with the trained
+        β schedule (validates `steps`)."""
         if steps < 1:
             raise EmodiffError(f"The number of sampling steps must be at least 1, not {steps}.")
-        return make_scheduler(sampler, self.settings["diffusion"],
-                              self.unet.config.get("prediction_type", "epsilon"))
+        if sampler is None or sampler == self.sampler:
+            return type(self.scheduler).from_config(self.scheduler.config)
+        return make_scheduler(sampler, scheduler_betas(self.scheduler), self.unet.config.get("prediction_type", "epsilon"))
 
     def guidance_scales(self, cfg_audio: float | None, cfg_expression: float | None) -> tuple[float, float]:
         """The (s_audio, s_expression) a call samples with: None means the UNet's baked scales for a distilled
@@ -333,13 +363,13 @@ class EmoDiffPipeline:
         """UNet evaluations (batch rows) per generated frame: steps × guidance rows."""
         return steps * len(self.guidance_rows(cfg_audio, cfg_expression))
 
-    def describe_sampling(self, sampler: str, steps: int | None = None, cfg_audio: float | None = None,
+    def describe_sampling(self, sampler: str | None = None, steps: int | None = None, cfg_audio: float | None = None,
                           cfg_expression: float | None = None) -> str:
         """One line for users: the sampler, its steps, the guidance and the UNet forwards per frame it costs."""
         steps = self.default_steps if steps is None else steps
         s_a, s_e = self.guidance_scales(cfg_audio, cfg_expression)
         kind = "distilled student" if self.guidance_baked else "teacher"
-        return (f"{kind}, {sampler} × {steps} steps, guidance audio {s_a:g} / expression {s_e:g}: "
+        return (f"{kind}, {sampler or self.sampler} × {steps} steps, guidance audio {s_a:g} / expression {s_e:g}: "
                 f"{self.forwards_per_frame(steps, cfg_audio, cfg_expression)} UNet forwards per frame")
 
     def denoise(self, x: torch.Tensor, conditions: dict[str, torch.Tensor], reference_features: Sequence[torch.Tensor],
@@ -353,13 +383,13 @@ class EmoDiffPipeline:
                            generator)
 
     @torch.no_grad()
-    def sample(self, videos: Sequence[VideoConditions], steps: int | None = None, sampler: str = "ddim",
+    def sample(self, videos: Sequence[VideoConditions], steps: int | None = None, sampler: str | None = None,
                cfg_audio: float | None = None, cfg_expression: float | None = None, seeds: Sequence[int] | None = None,
                progress: bool = True, real_frames: Sequence[torch.Tensor] | None = None,
                ) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
         """Generate the videos frame by frame as one batch; yields (i, {video number: frame (3, H, W) in [-1, 1]}).
 
-        `steps` None is the pipeline's `default_steps`; guidance scales None are a distilled student's baked ones
+        `steps` None is the pipeline's `default_steps`, `sampler` None its own scheduler's kind; guidance scales None are a distilled student's baked ones
         and no guidance (1) otherwise.
 
         Only the two previous outputs per video are kept, so memory does not grow with the length.
@@ -377,7 +407,7 @@ class EmoDiffPipeline:
         steps = self.default_steps if steps is None else steps
         scheduler = self.make_sampler(sampler, steps)
         motion_noise = self.settings["motion_noise"]
-        diffusion = GaussianDiffusion.from_config(self.settings["diffusion"])
+        diffusion = GaussianDiffusion(scheduler_betas(self.scheduler))
         seeds = list(seeds) if seeds is not None else [0] * len(videos)
         generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
         self.guidance_rows(cfg_audio, cfg_expression)  # refuse scales a distilled student cannot use before any work

@@ -52,7 +52,7 @@ class SampleSettings:
     checkpoint: str
     options: ScheduleOptions = ScheduleOptions()
     steps: int | None = None
-    sampler: str = "ddim"
+    sampler: str | None = None
     cfg_audio: float | None = None
     cfg_exp: float | None = None
     preview: bool = False

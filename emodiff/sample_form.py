@@ -173,8 +173,8 @@ class SampleRequest:
     emotion: str
     intensity: str
     options: ScheduleOptions = ScheduleOptions()
-    sampler: str = "ddim"
-    steps: int | None = None  # None: the pipeline's own (EmoDiffPipeline.default_steps, .guidance_scales)
+    sampler: str | None = None  # None: the pipeline's own (EmoDiffPipeline.sampler, .default_steps, .guidance_scales)
+    steps: int | None = None
     cfg_audio: float | None = None
     cfg_exp: float | None = None
     seed: int = 0
@@ -200,7 +200,8 @@ class SampleRequest:
         face, speech = self.input_names()
         return ["--checkpoint", str(checkpoint), "--identity", str(base / face), "--audio", str(base / speech),
                 "--emotion", self.emotion, "--intensity", self.intensity, *self.options.flags(),
-                "--sampler", self.sampler, *(["--steps", str(self.steps)] if self.steps is not None else []),
+                *(["--sampler", self.sampler] if self.sampler is not None else []),
+                *(["--steps", str(self.steps)] if self.steps is not None else []),
                 *(["--cfg-audio", f"{self.cfg_audio:g}"] if self.cfg_audio is not None else []),
                 *(["--cfg-exp", f"{self.cfg_exp:g}"] if self.cfg_exp is not None else []),
                 "--seed", str(self.seed), "--out", str(base / OUTPUT)]

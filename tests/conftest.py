@@ -79,13 +79,15 @@ def write_tiny_pipeline(folder: Path, size: int = 16, fps: int = 25, world: dict
     from emodiff.models.unet import DenoisingUNet
     from emodiff.models.expression_reference import ExpressionReference
     from emodiff.pipeline import EmoDiffPipeline
+    from emodiff.diffusion.gaussian import config_betas
+    from emodiff.diffusion.schedulers import make_scheduler
 
     config = load_config(CONFIG_DIR / "denoiser_tiny.yaml")
     audio_dim = extract_audio_features(np.zeros(SAMPLE_RATE, np.float32), fps).shape[1]
     unet = DenoisingUNet(sample_size=size, window=config.data.window, audio_dim=audio_dim, expression_dim=50,
                          **OmegaConf.to_container(config.unet))
     EmoDiffPipeline(unet.eval(), ReferenceNet.matching(unet).eval(), ExpressionReference(expression_dim=50),
-                    diffusion=OmegaConf.to_container(config.diffusion), resolution=size, window=config.data.window,
+                    scheduler=make_scheduler("ddim", config_betas(config.diffusion)), resolution=size, window=config.data.window,
                     fps=fps).save_pretrained(folder)
     if world is not None:
         (folder / WORLD_FILE).write_text(json.dumps(world))

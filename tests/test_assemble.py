@@ -49,7 +49,7 @@ def test_assembled_folder_loads_with_every_run_and_samples(runs):
     RRDBNet(scale=2, num_feat=4, num_block=1, num_grow_ch=4, residual=True).save_pretrained(root / "sr" / "super_resolution")
     assert _assemble(denoiser=root / "denoiser", store=store.root, expression=root / "expression",
                      intensity=root / "intensity", **{"super-resolution": root / "sr"}, out=out, steps=3,
-                     **{"cfg-exp": 2}) == 0
+                     sampler="dpm++", **{"cfg-exp": 2}) == 0
     pipeline = EmoDiffPipeline.from_pretrained(out)
     # the synthetic world travels with the pipeline, so `emodiff demo --checkpoint` renders the same world
     assert (out / "synthetic_world.json").read_text() == (store.stats_dir / "synthetic_world.json").read_text()
@@ -72,11 +72,12 @@ def test_assembled_folder_loads_with_every_run_and_samples(runs):
     pipeline.unet.register_forward_hook(lambda module, args, output: rows.append(len(output)))
     frames = [f[0] for _, f in pipeline.sample([video], progress=False)]
     assert len(frames) == n and frames[0].shape == (3, 32, 32) and torch.isfinite(torch.stack(frames)).all()
-    # A call that names no sampling settings uses the ones the pipeline recorded: 3 steps, each one batch of the
-    # conditional and the expression-dropped rows (expression guidance 2).
+    # A call that names no sampling settings uses the ones the pipeline recorded: its DPM-Solver++ scheduler, 3 steps,
+    # each one batch of the conditional and the expression-dropped rows (expression guidance 2).
     assert rows == [2] * (3 * n)
-    assert pipeline.describe_sampling("ddim").endswith("ddim × 3 steps, guidance audio 1 / expression 2: "
-                                                       "6 UNet forwards per frame")
+    assert pipeline.sampler == "dpm++" and (out / "scheduler" / "scheduler_config.json").is_file()
+    assert pipeline.describe_sampling().endswith("dpm++ × 3 steps, guidance audio 1 / expression 2: "
+                                                 "6 UNet forwards per frame")
 
 
 def test_without_optional_runs_and_bad_runs_are_one_sentence(runs):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from emodiff.diffusion.gaussian import (GaussianDiffusion, discretized_gaussian_log_likelihood, make_betas,
+from emodiff.diffusion.gaussian import (GaussianDiffusion, config_betas, discretized_gaussian_log_likelihood,
+                                        make_betas,
                                         normal_kl)
 from emodiff.diffusion.sampling import denoise
 from emodiff.diffusion.schedulers import SAMPLERS, make_scheduler
@@ -115,7 +116,7 @@ def test_hybrid_loss_terms():
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_schedulers_share_training_betas_and_recover_a_point_mass(name):
     """With the Bayes-optimal ε for data concentrated at x*, every sampler must land on x*."""
-    scheduler = make_scheduler(name, CONFIG)
+    scheduler = make_scheduler(name, config_betas(CONFIG))
     diffusion = GaussianDiffusion.from_config(CONFIG)
     np.testing.assert_allclose(scheduler.betas.numpy(), diffusion.betas, rtol=1e-6)
     target = torch.linspace(-0.8, 0.8, 3 * 4 * 4).reshape(1, 3, 4, 4)
@@ -136,7 +137,7 @@ def test_schedulers_share_training_betas_and_recover_a_point_mass(name):
 
 
 def test_ddpm_learned_range_variance_matches_ours():
-    scheduler = make_scheduler("ddpm", CONFIG)
+    scheduler = make_scheduler("ddpm", config_betas(CONFIG))
     scheduler.set_timesteps(1000)
     diffusion = GaussianDiffusion.from_config(CONFIG)
     v = torch.tensor([[-0.6]])
@@ -148,4 +149,4 @@ def test_ddpm_learned_range_variance_matches_ours():
 
 def test_unknown_sampler_is_a_clear_error():
     with pytest.raises(EmodiffError, match="ddim"):
-        make_scheduler("euler", CONFIG)
+        make_scheduler("euler", config_betas(CONFIG))

@@ -20,6 +20,8 @@ from emodiff.inference import InferenceOptions
 from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.unet import DenoisingUNet
 from emodiff.models.expression_reference import ExpressionReference
+from emodiff.diffusion.gaussian import make_betas
+from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.pipeline import EmoDiffPipeline, VideoConditions
 from emodiff.sample import load_pipeline
 from tests.test_pipeline import AUDIO_DIM, EXP_DIM, SIZE, collect, random_video, tiny_pipeline
@@ -86,7 +88,8 @@ def minimal_pipeline() -> EmoDiffPipeline:
             if not param.any():
                 param.normal_(std=0.05)
     return EmoDiffPipeline(unet.eval(), ReferenceNet.matching(unet).eval(), ExpressionReference(expression_dim=EXP_DIM),
-                           diffusion={"beta_schedule": "linear", "num_train_timesteps": 1000}, resolution=SIZE, window=2)
+                           scheduler=make_scheduler("ddim", make_betas("linear", 1000)), resolution=SIZE,
+                           window=2)
 
 
 def test_compiled_denoiser_gives_the_eager_frames():

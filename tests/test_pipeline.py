@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from emodiff.models.reference_net import ReferenceNet
 from emodiff.models.rrdbnet import RRDBNet
 from emodiff.models.unet import DenoisingUNet
 from emodiff.models.expression_reference import ExpressionReference
+from emodiff.diffusion.gaussian import make_betas
+from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.pipeline import EmoDiffPipeline, VideoConditions
 from tests.conftest import write_random_store
 
@@ -37,7 +40,7 @@ def tiny_pipeline(seed: int = 0, super_resolution: RRDBNet | None = None, audio_
     reference = ExpressionReference(expression_dim=EXP_DIM)
     reference.targets.normal_()
     return EmoDiffPipeline(unet.eval(), ReferenceNet.matching(unet).eval(), reference, super_resolution=super_resolution,
-                           diffusion={"beta_schedule": "linear", "num_train_timesteps": 1000}, resolution=SIZE,
+                           scheduler=make_scheduler("ddim", make_betas("linear", 1000)), resolution=SIZE,
                            window=2, fps=25.0)
 
 
@@ -199,9 +202,13 @@ def test_save_and_load_round_trip(tmp_path):
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
     assert index["unet"] == ["emodiff.models.unet", "DenoisingUNet"]
     assert index["expression_generator"] == [None, None]
+    assert index["scheduler"] == ["diffusers", "DDIMScheduler"] and "diffusion" not in index
     assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").is_file()
     loaded = EmoDiffPipeline.from_pretrained(tmp_path / "pipe")
-    assert loaded.settings == pipeline.settings
+    assert loaded.settings == pipeline.settings and loaded.sampler == "ddim"
+    public = lambda config: {key: value for key, value in config.items() if not key.startswith("_")}  # noqa: E731
+    assert public(loaded.scheduler.config) == public(pipeline.scheduler.config)
     torch.testing.assert_close(loaded.expression_reference.targets, pipeline.expression_reference.targets)
     video = [random_video(2, seed=1)]
     torch.testing.assert_close(collect(loaded, video, steps=2, sampler="dpm++", seeds=[5])[0],
@@ -209,8 +216,8 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_a_folder_written_before_a_class_moved_still_loads(tmp_path, monkeypatch):
-    """ExpressionReference lived in emodiff.pipeline until it moved to emodiff.models (the bundled demo's index still
-    names the old place); folders that name a moved class load it from where it lives now."""
+    """ExpressionReference lived in emodiff.pipeline until it moved to emodiff.models (the bundled demo's index named
+    the old place); folders that name a moved class load it from where it lives now."""
     pipeline = tiny_pipeline()
     pipeline.save_pretrained(tmp_path / "pipe")
     index_path = tmp_path / "pipe" / "model_index.json"
@@ -222,6 +229,37 @@ def test_a_folder_written_before_a_class_moved_still_loads(tmp_path, monkeypatch
     loaded = EmoDiffPipeline.from_pretrained(tmp_path / "pipe")
     assert isinstance(loaded.expression_reference, ExpressionReference)
     torch.testing.assert_close(loaded.expression_reference.neutral, pipeline.expression_reference.neutral)
+
+
+def test_a_folder_written_before_schedulers_were_saved_samples_as_before(tmp_path):
+    """Folders written before the scheduler was a component hold the training's β settings in model_index.json and no
+    scheduler/; they load with the DDIM scheduler they sampled with, and give the frames a new folder gives."""
+    tiny_pipeline().save_pretrained(tmp_path / "new")
+    shutil.copytree(tmp_path / "new", tmp_path / "pipe")
+    index_path = tmp_path / "pipe" / "model_index.json"
+    index = json.loads(index_path.read_text())
+    del index["scheduler"]
+    index["diffusion"] = {"beta_schedule": "linear", "num_train_timesteps": 1000}
+    index_path.write_text(json.dumps(index))
+    shutil.rmtree(tmp_path / "pipe" / "scheduler")
+    loaded = EmoDiffPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.sampler == "ddim"
+    video = [random_video(3, seed=2)]
+    new = EmoDiffPipeline.from_pretrained(tmp_path / "new")
+    torch.testing.assert_close(collect(loaded, video, steps=3, seeds=[1])[0], collect(new, video, steps=3, seeds=[1])[0],
+                               rtol=0, atol=0)
+
+
+def test_a_pipeline_samples_with_its_own_scheduler_unless_a_call_names_another(tmp_path):
+    pipeline = tiny_pipeline()
+    pipeline.scheduler = make_scheduler("dpm++", make_betas("linear", 1000))
+    pipeline.save_pretrained(tmp_path / "pipe")
+    loaded = EmoDiffPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.sampler == "dpm++" and "dpm++ × 25 steps" in loaded.describe_sampling()
+    video = [random_video(3, seed=2)]
+    own = collect(loaded, video, steps=2, seeds=[1])[0]
+    torch.testing.assert_close(own, collect(loaded, video, steps=2, sampler="dpm++", seeds=[1])[0], rtol=0, atol=0)
+    assert (own - collect(loaded, video, steps=2, sampler="ddim", seeds=[1])[0]).abs().max() > 1e-3
 
 
 def test_missing_or_corrupt_checkpoint_is_one_sentence(tmp_path):
@@ -239,6 +277,16 @@ def test_missing_or_corrupt_checkpoint_is_one_sentence(tmp_path):
     index.write_text("{broken")
     with pytest.raises(EmodiffError, match="not valid JSON"):
         EmoDiffPipeline.from_pretrained(tmp_path / "pipe")
+    tiny_pipeline().save_pretrained(tmp_path / "other")
+    index = tmp_path / "other" / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "scheduler": ["diffusers", "EulerDiscreteScheduler"]}))
+    with pytest.raises(EmodiffError, match="only DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler of diffusers"):
+        EmoDiffPipeline.from_pretrained(tmp_path / "other")
+    (tmp_path / "other" / "model_index.json").write_text(json.dumps({**json.loads(index.read_text()),
+                                                                     "scheduler": ["diffusers", "DDIMScheduler"]}))
+    (tmp_path / "other" / "scheduler" / "scheduler_config.json").write_text("{broken")
+    with pytest.raises(EmodiffError, match="Cannot load the scheduler"):
+        EmoDiffPipeline.from_pretrained(tmp_path / "other")
 
 
 def test_expression_condition_moves_linearly_from_neutral_to_target(tmp_path):

@@ -21,7 +21,7 @@ from emodiff.assemble import pipeline_from_training
 from emodiff.cli import main as cli_main
 from emodiff.data.datasets import FrameDataset
 from emodiff.data.store import ClipStore
-from emodiff.diffusion.gaussian import GaussianDiffusion
+from emodiff.diffusion.gaussian import GaussianDiffusion, make_betas
 from emodiff.diffusion.sampling import denoise
 from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.models.reference_net import ReferenceNet
@@ -93,7 +93,7 @@ def sampled_psnr(unet: DenoisingUNet, reference_net: ReferenceNet, store: Path) 
     batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
     generator = torch.Generator().manual_seed(0)
     conditions = {key: batch[key] for key in ("identity", "motion", "audio", "expression")}
-    frames = denoise(unet.eval(), make_scheduler("ddim", {"num_train_timesteps": 1000, "beta_schedule": "linear"}),
+    frames = denoise(unet.eval(), make_scheduler("ddim", make_betas("linear", 1000)),
                      torch.randn(batch["identity"].shape, generator=generator), conditions,
                      reference_net.eval()(batch["identity"]), 20, generator=generator)
     return psnr(frames, batch["target"])

@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from emodiff.assemble import assemble
+from emodiff.diffusion.schedulers import SAMPLERS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     parser.add_argument("--steps", type=int, help="sampling steps per frame the pipeline uses when a call names none "
                         "(default 25)")
+    parser.add_argument("--sampler", choices=list(SAMPLERS), default="ddim",
+                        help="the kind of its scheduler, which sampling uses when a call names none (default ddim)")
     parser.add_argument("--cfg-audio", type=float, default=1.0, help="its default audio guidance scale (default 1, none)")
     parser.add_argument("--cfg-exp", type=float, default=1.0,
                         help="its default expression guidance scale (default 1, none)")
@@ -37,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     pipeline = assemble(args.denoiser, args.store, args.out, args.expression, args.intensity, args.super_resolution,
-                        args.steps, (args.cfg_audio, args.cfg_exp))
+                        args.steps, (args.cfg_audio, args.cfg_exp), args.sampler)
     present = [name for name, component in pipeline.components().items() if component is not None]
     print(f"pipeline with {', '.join(present)} written to {args.out}")
     reference = pipeline.expression_reference.config

@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="videos sampled together in --jobs mode")
     parser.add_argument("--steps", type=int, help="sampling steps per frame (default: the pipeline's own, "
                         "e.g. 4 for a distilled one, else 25)")
-    parser.add_argument("--sampler", choices=list(SAMPLERS), default="ddim")
+    parser.add_argument("--sampler", choices=list(SAMPLERS),
+                        help="default: the pipeline's own scheduler (its scheduler/ component)")
     parser.add_argument("--cfg-audio", type=float, help="classifier-free guidance scale for the audio (default 1, none; "
                         "a distilled pipeline has its scales baked in)")
     parser.add_argument("--cfg-exp", type=float, help="classifier-free guidance scale for the expression (default 1, "

@@ -36,6 +36,11 @@ def make_betas(schedule: str, num_timesteps: int) -> np.ndarray:
     raise EmodiffError(f"unknown beta_schedule {schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}")
 
 
+def config_betas(diffusion_config: Mapping[str, Any]) -> np.ndarray:
+    """β_t of a training config's `diffusion` section (beta_schedule, num_train_timesteps)."""
+    return make_betas(diffusion_config["beta_schedule"], int(diffusion_config["num_train_timesteps"]))
+
+
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
     """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)), elementwise, in nats."""
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
@@ -99,7 +104,7 @@ class GaussianDiffusion:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "GaussianDiffusion":
         """From a config's `diffusion` section (num_train_timesteps, beta_schedule)."""
-        return cls(make_betas(config["beta_schedule"], int(config["num_train_timesteps"])))
+        return cls(config_betas(config))
 
     @staticmethod
     def _gather(values: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from emodiff.control.intensity import IntensityMeasure
 from emodiff.data.datasets import FrameDataset
 from emodiff.data.store import ClipStore
-from emodiff.diffusion.gaussian import GaussianDiffusion, motion_frames
+from emodiff.diffusion.gaussian import GaussianDiffusion, config_betas, motion_frames
 from emodiff.diffusion.sampling import denoise
 from emodiff.diffusion.schedulers import make_scheduler
 from emodiff.errors import EmodiffError
@@ -75,7 +75,7 @@ def write_validation_strip(unet: DenoisingUNet, reference_net: ReferenceNet, dat
     n = config.validation.frames
     items = [dataset[int(i)] for i in np.linspace(0, len(dataset) - 1, n).astype(int)]
     batch = {k: torch.stack([item[k] for item in items]).to(device) for k in items[0]}
-    scheduler = make_scheduler(config.validation.sampler, config.diffusion, unet.config.prediction_type)
+    scheduler = make_scheduler(config.validation.sampler, config_betas(config.diffusion), unet.config.prediction_type)
     conditions = {key: batch[key] for key in ("identity", "motion", "audio", "expression", "emotion", "intensity")
                   if key in batch}
     generator = torch.Generator(device).manual_seed(0)

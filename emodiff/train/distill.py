@@ -21,6 +21,7 @@ from emodiff.control.intensity import IntensityMeasure
 from emodiff.data.datasets import FrameDataset
 from emodiff.data.store import ClipStore
 from emodiff.diffusion.gaussian import GaussianDiffusion, motion_frames
+from emodiff.diffusion.schedulers import make_scheduler, scheduler_betas
 from emodiff.errors import EmodiffError
 from emodiff.files import atomic_path, write_json_atomic
 from emodiff.metrics.quality import psnr
@@ -58,7 +59,7 @@ def draw_couplings(teacher: EmoDiffPipeline, dataset: FrameDataset, indices: np.
     ts, dc = config.teacher_sampling, config.couplings
     device, dtype = teacher.device, teacher.unet.dtype
     generator = torch.Generator(device).manual_seed(seed)
-    diffusion = GaussianDiffusion.from_config(teacher.settings["diffusion"])
+    diffusion = GaussianDiffusion(scheduler_betas(teacher.scheduler))
     level = teacher.settings["motion_noise"]
     scheduler = teacher.make_sampler("ddim", ts.steps)
     out: dict[str, list[torch.Tensor]] = {}
@@ -192,12 +193,14 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
     optimizer = torch.optim.AdamW(student.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
     student, optimizer = accelerator.prepare(student, optimizer)
     ema.to(accelerator.device)
-    diffusion = GaussianDiffusion.from_config(teacher.settings["diffusion"])
+    diffusion = GaussianDiffusion(scheduler_betas(teacher.scheduler))
     alpha, sigma = (torch.as_tensor(a, dtype=torch.float32, device=accelerator.device)
                     for a in (diffusion.sqrt_alphas_cumprod, diffusion.sqrt_one_minus_alphas_cumprod))
     step_counts = sorted(config.student.steps)
     grid = grid_timesteps(teacher, step_counts).to(accelerator.device)
-    pipeline = EmoDiffPipeline(**{**teacher.components(), "unet": accelerator.unwrap_model(student)},
+    student_scheduler = make_scheduler("ddim", scheduler_betas(teacher.scheduler), "v_prediction")  # samples as validated
+    pipeline = EmoDiffPipeline(**{**teacher.components(), "unet": accelerator.unwrap_model(student),
+                                  "scheduler": student_scheduler},
                                **{**teacher.settings, "steps": config.student.default_steps, "guidance": None})
 
     def validate(step: int) -> dict[str, float]:
