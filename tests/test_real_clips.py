@@ -107,6 +107,28 @@ def test_the_guidance_script_samples_as_the_command_does(small_run: tuple[Path, 
     np.testing.assert_allclose(probed[:5].astype(float), command[:5].astype(float), atol=8)
 
 
+def test_the_audio_script_tables_the_ceiling_and_the_denoisers_use_of_the_speech(small_run: tuple[Path, Path, int],
+                                                                                   tmp_path: Path) -> None:
+    """scripts/real_clips_audio.py on a finished run: the audio-window → mouth-opening fits (training and held-out r)
+    and the mouth-box error with the own, another frame's and the null audio at five noise levels per store."""
+    import subprocess
+    import sys
+
+    out, _, _ = small_run
+    script = Path(__file__).resolve().parents[1] / "scripts" / "real_clips_audio.py"
+    result = subprocess.run([sys.executable, str(script), str(out), "--frames", "6", "--out", str(tmp_path / "audio.md")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in (tmp_path / "audio.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| audio") and not line.startswith("| store")]
+    fits, use = rows[:2], rows[2:]
+    assert [row[0].strip() for row in fits] == ["ridge", "mlp"]
+    assert all(-1 <= float(value) <= 1 for row in fits for value in row[1:])
+    assert [(row[0].strip(), int(row[1])) for row in use] == [(part, t) for part in ("train", "heldout")
+                                                              for t in (100, 300, 500, 700, 900)]
+    assert all(np.isfinite(float(value)) and float(value) >= 0 for row in use for value in row[2:])
+
+
 def test_a_folder_without_a_usable_clip_is_one_sentence(fixtures_dir: Path, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     clips = link(tmp_path / "clips", fixtures_dir, ["mead_sad_crop.mp4", "mead_happy_crop.mp4"])

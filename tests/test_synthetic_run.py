@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from emodiff.cli import main
@@ -19,7 +20,8 @@ TINY = ["world.identities=3", "world.held_out=1", "world.clips=8", "world.frames
         "stages.readout.overrides.train.max_steps=2", "stages.readout.overrides.train.batch_size=8",
         "stages.readout.overrides.train.num_workers=0", "stages.readout.overrides.train.eval_samples=16",
         "evaluation.intensities=[0,0.5,1]", "evaluation.audio_clips=1", "evaluation.frames=6", "evaluation.steps=1",
-        "evaluation.intensity_clips=4", "evaluation.drift_frames=20"]
+        "evaluation.intensity_clips=4", "evaluation.drift_frames=20",
+        "evaluation.drift_window=5"]
 
 
 def _run(out, overrides=TINY, profile=None) -> int:
@@ -40,7 +42,9 @@ def test_tiny_run_writes_a_complete_report_and_resumes_without_retraining(tmp_pa
     report = (out / "report.md").read_text()
     for needed in ("≥ 0.9", "≥ 0.85", "≥ 0.7", "≥ 26", "≤ 1", "FLIE", "PSNR", "Intensity VAE", "drift.png", "contact_sheet.png"):
         assert needed in report
-    assert len(metrics["drift"]["psnr_by_frame"]) == 20 and metrics["drift"]["videos"] == 7
+    drift = metrics["drift"]
+    assert len(drift["psnr_by_frame"]) == 20 and drift["videos"] == 7 and drift["window"] == 5
+    assert drift["drift_db"] == pytest.approx(np.mean(drift["psnr_by_frame"][:5]) - np.mean(drift["psnr_by_frame"][-5:]))
     for figure in ("linearity.png", "mouth.png", "intensity.png", "drift.png", "contact_sheet.png"):
         assert (out / figure).stat().st_size > 1000
     samples = (out / "samples.npz").stat().st_mtime_ns
@@ -49,6 +53,10 @@ def test_tiny_run_writes_a_complete_report_and_resumes_without_retraining(tmp_pa
     log = capsys.readouterr().out
     assert all(f"{stage}: finished run" in log for stage in ("denoiser", "expression", "intensity", "readout"))
     assert (out / "samples.npz").stat().st_mtime_ns == samples
+    # a drift window longer than half the drift video cannot compare its start with its end
+    assert _run(out, [*TINY, "evaluation.drift_window=11"]) == 1
+    assert "evaluation.drift_window is 11; it must be between 1 and half of evaluation.drift_frames (20)" in \
+        capsys.readouterr().err
 
 
 def test_bad_profile_or_override_is_one_sentence(tmp_path, capsys):

@@ -36,7 +36,6 @@ from emodiff.train.common import CONFIG_DIR, apply_overrides, load_config, merge
 DEFAULT_CONFIG = CONFIG_DIR / "synthetic_run.yaml"
 GOALS = {"spearman": 0.9, "spearman_gap": 0.05, "emotion_accuracy": 0.85, "mouth_pearson": 0.7, "psnr": 26.0,
          "ssim": 0.85, "drift_db": 1.0, "k0_gap": 0.1, "flie_ratio": 2.0}
-DRIFT_WINDOW = 10  # frames averaged at the start and at the end of a drift video
 _TEST_STREAM = 7  # the world's random stream of held-out speech
 EMOTIONAL = [e for e in range(len(EMOTIONS)) if e != NEUTRAL]
 N_PARAMS = len(EXPRESSION_PARAMS)
@@ -217,6 +216,9 @@ def score(videos: list[Video], reads: list[tuple[np.ndarray, np.ndarray]], speec
 def evaluate(config: DictConfig, out: Path) -> dict:
     """Sample the held-out sweep (cached in OUT/samples.npz) and score it; writes OUT/metrics.json."""
     ev, w = config.evaluation, config.world
+    if not 1 <= ev.drift_window <= ev.drift_frames // 2:
+        raise EmodiffError(f"evaluation.drift_window is {ev.drift_window}; it must be between 1 and half of "
+                           f"evaluation.drift_frames ({ev.drift_frames}).")
     world = SyntheticWorld(w.seed, w.size)
     pipeline = EmoDiffPipeline.from_pretrained(out / "pipeline")
     if ev.motion_noise is not None:  # compare sampling-time motion-frame noise levels on one trained pipeline
@@ -233,12 +235,14 @@ def evaluate(config: DictConfig, out: Path) -> dict:
                                                                  ev.cfg_expression, audio_intensity=True))
     # drift: every emotion at k = drift_k for each held-out identity, speaking one long held-out clip
     drift_speech = held_out_speech(world, ev.drift_frames, 100, level=2)
-    drift_videos = video_cache(out / "samples_drift.npz")
+    drift_cache = out / f"samples_drift_{int(ev.drift_frames)}.npz"
+    drift_videos = video_cache(drift_cache)
     if drift_videos is None:
-        drift_videos = video_cache(out / "samples_drift.npz", sample_videos(
+        drift_videos = video_cache(drift_cache, sample_videos(
             pipeline, world, identities, [drift_speech], [float(ev.drift_k)], ev.steps, ev.sampler, ev.seed,
             ev.cfg_audio, ev.cfg_expression, audio_intensity=False))
     drift_curve = np.mean([[psnr(t, f) for t, f in zip(v.truth, v.frames)] for v in drift_videos], axis=0)
+    window = int(ev.drift_window)
     generated = [reader.read(v.frames) for v in videos]
     truth = [reader.read(v.truth) for v in videos]
     identity_images = {i: world.render(world.identity(i), np.zeros((1, N_PARAMS))) for i in identities}
@@ -249,10 +253,10 @@ def evaluate(config: DictConfig, out: Path) -> dict:
     metrics = {
         "generated": score(videos, generated, speeches, intensities),
         "truth": score(videos, truth, speeches, intensities),
-        "drift": {"psnr_by_frame": drift_curve.tolist(), "psnr_first": float(drift_curve[:DRIFT_WINDOW].mean()),
-                  "psnr_last": float(drift_curve[-DRIFT_WINDOW:].mean()),
-                  "drift_db": float(drift_curve[:DRIFT_WINDOW].mean() - drift_curve[-DRIFT_WINDOW:].mean()),
-                  "videos": len(drift_videos), "frames": int(ev.drift_frames), "k": float(ev.drift_k)},
+        "drift": {"psnr_by_frame": drift_curve.tolist(), "psnr_first": float(drift_curve[:window].mean()),
+                  "psnr_last": float(drift_curve[-window:].mean()),
+                  "drift_db": float(drift_curve[:window].mean() - drift_curve[-window:].mean()),
+                  "videos": len(drift_videos), "frames": int(ev.drift_frames), "window": window, "k": float(ev.drift_k)},
         "identity": {
             "psnr": float(np.mean([psnr(v.truth, v.frames) for v in videos])),
             "ssim": float(np.mean([ssim(v.truth, v.frames) for v in videos])),
@@ -278,13 +282,14 @@ def evaluate(config: DictConfig, out: Path) -> dict:
                    "forwards_per_frame": pipeline.forwards_per_frame(ev.steps, ev.cfg_audio, ev.cfg_expression)},
     }
     write_json_atomic(out / "metrics.json", metrics)
-    _plots(out, videos, generated, truth, speeches, intensities, tests, predicted, drift_curve)
+    _plots(out, videos, generated, truth, speeches, intensities, tests, predicted, drift_curve, window)
     return metrics
 
 
 
 def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeches: list[Speech],
-           intensities: list[float], tests: list[Speech], predicted: list[np.ndarray], drift_curve: np.ndarray) -> None:
+           intensities: list[float], tests: list[Speech], predicted: list[np.ndarray], drift_curve: np.ndarray,
+           window: int) -> None:
     """linearity.png, mouth.png, intensity.png, drift.png and contact_sheet.png in OUT (docs/design.md §8: Figure API)."""
     from matplotlib.figure import Figure
     from matplotlib.image import imsave
@@ -332,7 +337,7 @@ def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeche
     fig = Figure(figsize=(6, 2.4))
     ax = fig.subplots()
     ax.plot(np.arange(1, len(drift_curve) + 1), drift_curve, "-")
-    for span in (slice(0, DRIFT_WINDOW), slice(-DRIFT_WINDOW, None)):
+    for span in (slice(0, window), slice(-window, None)):
         frames = np.arange(1, len(drift_curve) + 1)[span]
         ax.hlines(drift_curve[span].mean(), frames[0], frames[-1], colors="k", linestyles="--")
     ax.set_xlabel("frame")
@@ -382,7 +387,7 @@ def goal_rows(metrics: dict) -> list[tuple[str, str, float, bool, float, str]]:
          *at_least(gen["mouth_pearson"], GOALS["mouth_pearson"]), f"{true['mouth_pearson']:.3f}"),
         ("PSNR against the true render (dB)", f"≥ {GOALS['psnr']:g}", ident["psnr"], *at_least(ident["psnr"], GOALS["psnr"]), "∞"),
         ("SSIM against the true render", f"≥ {GOALS['ssim']}", ident["ssim"], *at_least(ident["ssim"], GOALS["ssim"]), "1"),
-        (f"drift: PSNR of frames 1–{DRIFT_WINDOW} − last {DRIFT_WINDOW} of {drift['frames']} (dB)",
+        (f"drift: PSNR of frames 1–{drift['window']} − last {drift['window']} of {drift['frames']} (dB)",
          f"≤ {GOALS['drift_db']:g}", drift["drift_db"], *at_most(drift["drift_db"], GOALS["drift_db"]), "0"),
         ("distance of the k = 0 projection from the true render's, worst emotion", f"≤ {GOALS['k0_gap']}", k0_gap,
          *at_most(k0_gap, GOALS["k0_gap"]), "0"),
@@ -434,7 +439,7 @@ def write_report(config: DictConfig, out: Path, metrics: dict) -> Path:
               "![mouth](mouth.png)", "", "Mouth opening over time at k = 1: the speech's truth and the readouts.", "",
               "![intensity](intensity.png)", "", "Intensity predicted from held-out speech against the true k(t).", "",
               "![drift](drift.png)", "", f"PSNR against the true render per frame of the {drift['frames']}-frame videos "
-              f"(mean over videos); dashed: the first and last {DRIFT_WINDOW} frames' means "
+              f"(mean over videos); dashed: the first and last {drift['window']} frames' means "
               f"({drift['psnr_first']:.2f} / {drift['psnr_last']:.2f} dB).", "",
               "![contact sheet](contact_sheet.png)", "",
               "Contact sheet: one held-out identity, middle frame; rows " + ", ".join(EMOTIONS[e] for e in EMOTIONAL) +
