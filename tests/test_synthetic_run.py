@@ -70,3 +70,27 @@ def test_bad_profile_or_override_is_one_sentence(tmp_path, capsys):
         err = capsys.readouterr().err  # progress bars of the work done before the error may come first
         errors = [line for line in err.splitlines() if line.startswith("emodiff: error: ")]
         assert len(errors) == 1 and re.search(message, errors[0]) and "Traceback" not in err, err
+
+
+def test_the_drift_script_measures_a_pipeline_folder_over_a_long_video(tmp_path):
+    """scripts/drift_check.py: the synthetic run's drift measure on any pipeline of the synthetic world, sampled with
+    the pipeline's own settings unless named, over identities it never saw."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import write_tiny_pipeline
+
+    checkpoint = write_tiny_pipeline(tmp_path / "pipeline", size=16, world={"seed": 3, "size": 16,
+                                                                            "held_out_identities": ["syn005"]})
+    script = Path(__file__).resolve().parents[1] / "scripts" / "drift_check.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "out"), "--checkpoint", str(checkpoint),
+                             "--frames", "8", "--window", "2", "--identities", "1", "--steps", "1"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    drift = json.loads((tmp_path / "out" / "drift.json").read_text())
+    assert drift["identities"] == [5] and drift["videos"] == 7 and len(drift["psnr_by_frame"]) == 8
+    curve = drift["psnr_by_frame"]
+    assert drift["drift_db"] == pytest.approx(np.mean(curve[:2]) - np.mean(curve[-2:]))
+    assert drift["sampling"].startswith("teacher, ddim × 1 steps") and "drift" in result.stdout
+    assert (tmp_path / "out" / "drift.png").stat().st_size > 1000

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from emodiff.models.readout import ExpressionReadout
 from emodiff.pipeline import EmoDiffPipeline, VideoConditions
 from emodiff.train import denoiser, expression_gan, intensity, readout
 from emodiff.train.common import CONFIG_DIR, apply_overrides, load_config, merge_overrides
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_CONFIG = CONFIG_DIR / "synthetic_run.yaml"
 GOALS = {"spearman": 0.9, "spearman_gap": 0.05, "emotion_accuracy": 0.85, "mouth_pearson": 0.7, "psnr": 26.0,
@@ -216,9 +220,6 @@ def score(videos: list[Video], reads: list[tuple[np.ndarray, np.ndarray]], speec
 def evaluate(config: DictConfig, out: Path) -> dict:
     """Sample the held-out sweep (cached in OUT/samples.npz) and score it; writes OUT/metrics.json."""
     ev, w = config.evaluation, config.world
-    if not 1 <= ev.drift_window <= ev.drift_frames // 2:
-        raise EmodiffError(f"evaluation.drift_window is {ev.drift_window}; it must be between 1 and half of "
-                           f"evaluation.drift_frames ({ev.drift_frames}).")
     world = SyntheticWorld(w.seed, w.size)
     pipeline = EmoDiffPipeline.from_pretrained(out / "pipeline")
     if ev.motion_noise is not None:  # compare sampling-time motion-frame noise levels on one trained pipeline
@@ -227,22 +228,14 @@ def evaluate(config: DictConfig, out: Path) -> dict:
     identities = list(range(w.identities, w.identities + w.held_out))
     speeches = [held_out_speech(world, ev.frames, i, level=(2, 3, 1)[i % 3]) for i in range(ev.audio_clips)]
     intensities = [float(k) for k in ev.intensities]
+    drift = drift_check(pipeline, world, identities, int(ev.drift_frames), int(ev.drift_window), float(ev.drift_k),
+                        ev.steps, ev.sampler, ev.seed, ev.cfg_audio, ev.cfg_expression, out)
     videos = video_cache(out / "samples.npz")
     if videos is None:
         torch.manual_seed(ev.seed)
         videos = video_cache(out / "samples.npz", sample_videos(pipeline, world, identities, speeches, intensities,
                                                                  ev.steps, ev.sampler, ev.seed, ev.cfg_audio,
                                                                  ev.cfg_expression, audio_intensity=True))
-    # drift: every emotion at k = drift_k for each held-out identity, speaking one long held-out clip
-    drift_speech = held_out_speech(world, ev.drift_frames, 100, level=2)
-    drift_cache = out / f"samples_drift_{int(ev.drift_frames)}.npz"
-    drift_videos = video_cache(drift_cache)
-    if drift_videos is None:
-        drift_videos = video_cache(drift_cache, sample_videos(
-            pipeline, world, identities, [drift_speech], [float(ev.drift_k)], ev.steps, ev.sampler, ev.seed,
-            ev.cfg_audio, ev.cfg_expression, audio_intensity=False))
-    drift_curve = np.mean([[psnr(t, f) for t, f in zip(v.truth, v.frames)] for v in drift_videos], axis=0)
-    window = int(ev.drift_window)
     generated = [reader.read(v.frames) for v in videos]
     truth = [reader.read(v.truth) for v in videos]
     identity_images = {i: world.render(world.identity(i), np.zeros((1, N_PARAMS))) for i in identities}
@@ -253,10 +246,7 @@ def evaluate(config: DictConfig, out: Path) -> dict:
     metrics = {
         "generated": score(videos, generated, speeches, intensities),
         "truth": score(videos, truth, speeches, intensities),
-        "drift": {"psnr_by_frame": drift_curve.tolist(), "psnr_first": float(drift_curve[:window].mean()),
-                  "psnr_last": float(drift_curve[-window:].mean()),
-                  "drift_db": float(drift_curve[:window].mean() - drift_curve[-window:].mean()),
-                  "videos": len(drift_videos), "frames": int(ev.drift_frames), "window": window, "k": float(ev.drift_k)},
+        "drift": drift,
         "identity": {
             "psnr": float(np.mean([psnr(v.truth, v.frames) for v in videos])),
             "ssim": float(np.mean([ssim(v.truth, v.frames) for v in videos])),
@@ -282,14 +272,51 @@ def evaluate(config: DictConfig, out: Path) -> dict:
                    "forwards_per_frame": pipeline.forwards_per_frame(ev.steps, ev.cfg_audio, ev.cfg_expression)},
     }
     write_json_atomic(out / "metrics.json", metrics)
-    _plots(out, videos, generated, truth, speeches, intensities, tests, predicted, drift_curve, window)
+    _plots(out, videos, generated, truth, speeches, intensities, tests, predicted, drift)
     return metrics
 
 
 
+def drift_check(pipeline: EmoDiffPipeline, world: SyntheticWorld, identities: list[int], frames: int, window: int,
+                k: float, steps: int | None, sampler: str | None, seed: int, cfg_audio: float | None,
+                cfg_expression: float | None, out: Path) -> dict:
+    """Drift over a long video: every emotion at intensity k for each identity, speaking one held-out clip of `frames`
+    frames (cached in OUT/samples_drift_<frames>.npz); the per-frame PSNR against the true render (mean over the
+    videos) and its first − last `window` frames' means (dB)."""
+    if not 1 <= window <= frames // 2:
+        raise EmodiffError(f"evaluation.drift_window is {window}; it must be between 1 and half of "
+                           f"evaluation.drift_frames ({frames}).")
+    cache = out / f"samples_drift_{frames}.npz"
+    videos = video_cache(cache)
+    if videos is None:
+        speech = held_out_speech(world, frames, 100, level=2)
+        videos = video_cache(cache, sample_videos(pipeline, world, identities, [speech], [k], steps, sampler, seed,
+                                                  cfg_audio, cfg_expression, audio_intensity=False))
+    curve = np.mean([[psnr(t, f) for t, f in zip(v.truth, v.frames)] for v in videos], axis=0)
+    return {"psnr_by_frame": curve.tolist(), "psnr_first": float(curve[:window].mean()),
+            "psnr_last": float(curve[-window:].mean()), "drift_db": float(curve[:window].mean() - curve[-window:].mean()),
+            "videos": len(videos), "frames": frames, "window": window, "k": k}
+
+
+def drift_figure(drift: dict) -> Figure:
+    """drift.png: the per-frame PSNR of `drift_check`, dashed at the means of its first and last window."""
+    from matplotlib.figure import Figure
+
+    curve, window = np.asarray(drift["psnr_by_frame"]), drift["window"]
+    fig = Figure(figsize=(6, 2.4))
+    ax = fig.subplots()
+    ax.plot(np.arange(1, len(curve) + 1), curve, "-")
+    for span in (slice(0, window), slice(-window, None)):
+        frames = np.arange(1, len(curve) + 1)[span]
+        ax.hlines(curve[span].mean(), frames[0], frames[-1], colors="k", linestyles="--")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("PSNR vs true render (dB)")
+    ax.set_title(f"drift {drift['drift_db']:.2f} dB over {drift['frames']} frames (first − last {window})", fontsize=9)
+    return fig
+
+
 def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeches: list[Speech],
-           intensities: list[float], tests: list[Speech], predicted: list[np.ndarray], drift_curve: np.ndarray,
-           window: int) -> None:
+           intensities: list[float], tests: list[Speech], predicted: list[np.ndarray], drift: dict) -> None:
     """linearity.png, mouth.png, intensity.png, drift.png and contact_sheet.png in OUT (docs/design.md §8: Figure API)."""
     from matplotlib.figure import Figure
     from matplotlib.image import imsave
@@ -334,15 +361,7 @@ def _plots(out: Path, videos: list[Video], generated: list, truth: list, speeche
     axes[0][0].legend(fontsize=7)
     save(fig, "intensity.png")
 
-    fig = Figure(figsize=(6, 2.4))
-    ax = fig.subplots()
-    ax.plot(np.arange(1, len(drift_curve) + 1), drift_curve, "-")
-    for span in (slice(0, window), slice(-window, None)):
-        frames = np.arange(1, len(drift_curve) + 1)[span]
-        ax.hlines(drift_curve[span].mean(), frames[0], frames[-1], colors="k", linestyles="--")
-    ax.set_xlabel("frame")
-    ax.set_ylabel("PSNR vs true render (dB)")
-    save(fig, "drift.png")
+    save(drift_figure(drift), "drift.png")
 
     # rows: emotions of the first held-out identity and speech; columns: the k sweep, audio-predicted k, true render
     first = videos[0].identity
