@@ -79,8 +79,8 @@ def write_contact_sheet(path: Path, identity: np.ndarray, frames: dict[int, np.n
 
 def run_demo(out: Path, checkpoint: Path | None = None, steps: int | None = None, seed: int = 0,
              cfg_exp: float | None = None, inference: InferenceOptions = InferenceOptions()) -> dict[str, Path]:
-    """Write the demo into `out` with the pipeline at `checkpoint` (default: the bundled one) and `steps` DDIM steps
-    and expression guidance `cfg_exp` (default: the pipeline's own); returns the written files by name."""
+    """Write the demo into `out` with the pipeline at `checkpoint` (default: the bundled one), `steps` steps of its own
+    sampler and expression guidance `cfg_exp` (default: the pipeline's own); returns the written files by name."""
     checkpoint = checkpoint if checkpoint is not None else bundled_checkpoint()
     if not (checkpoint / "model_index.json").is_file():
         raise EmodiffError(f"No demo pipeline at {checkpoint}; make one with scripts/train_synthetic.sh "
@@ -99,7 +99,7 @@ def run_demo(out: Path, checkpoint: Path | None = None, steps: int | None = None
              "speech": out / "speech.wav"}
     picks, frames = sheet_frames(n_frames), {}
     steps = pipeline.default_steps if steps is None else steps  # None: the pipeline's own sampling settings
-    print(f"demo: {pipeline.describe_sampling('ddim', steps, None, cfg_exp)}")
+    print(f"demo: {pipeline.describe_sampling(None, steps, None, cfg_exp)}")
     with VideoWriter(paths["video"], fps, audio=audio,
                      comment=describe(pipeline.super_resolution, resolution)) as writer:
         for i, batch in pipeline.sample([video], steps=steps, cfg_expression=cfg_exp, seeds=[seed]):

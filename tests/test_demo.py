@@ -12,6 +12,7 @@ from emodiff import demo
 from emodiff.cli import main as cli_main
 from emodiff.data.media import SAMPLE_RATE, load_audio, probe, read_video
 from emodiff.data.synthetic import render_origin
+from emodiff.diffusion.schedulers import make_scheduler, scheduler_betas
 from emodiff.models.rrdbnet import RRDBNet
 from emodiff.pipeline import EmoDiffPipeline
 from tests.conftest import write_tiny_pipeline
@@ -24,6 +25,17 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     """An untrained 16² pipeline folder with the world description of its store."""
     return write_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline", size=16, fps=FPS,
                                world={"seed": 3, "size": 32, "held_out_identities": ["syn005", "syn006"]})
+
+
+def test_demo_samples_with_the_pipelines_own_sampler_and_says_which(tiny_pipeline, tmp_path, capsys):
+    checkpoint = tmp_path / "dpm"
+    shutil.copytree(tiny_pipeline, checkpoint)
+    pipeline = EmoDiffPipeline.from_pretrained(checkpoint)
+    pipeline.scheduler = make_scheduler("dpm++", scheduler_betas(pipeline.scheduler))
+    pipeline.save_pretrained(checkpoint)
+    assert cli_main(["demo", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "demo"), "--steps", "1"]) == 0
+    assert "demo: teacher, dpm++ × 1 steps, guidance audio 1 / expression 1: 1 UNet forwards per frame" in \
+        capsys.readouterr().out
 
 
 def test_demo_writes_the_video_with_speech_the_intensity_plot_and_the_contact_sheet(tiny_pipeline, tmp_path, capsys):

@@ -30,7 +30,7 @@ from emodiff.demo import run_demo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("emodiff_demo"), help="output folder (default ./emodiff_demo)")
     parser.add_argument("--checkpoint", type=Path, help="pipeline folder (default: the bundled emodiff/assets/demo)")
-    parser.add_argument("--steps", type=int, help="DDIM steps per frame (default: the pipeline's own)")
+    parser.add_argument("--steps", type=int, help="steps per frame of the pipeline's sampler (default: its own)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the speech and the sampling noise (default 0)")
     parser.add_argument("--cfg-exp", type=float,
                         help="classifier-free guidance scale for the expression (default: the pipeline's own; a "
