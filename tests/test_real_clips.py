@@ -83,6 +83,18 @@ def test_a_rerun_continues_instead_of_starting_again(small_run: tuple[Path, Path
     assert json.loads((out / "timings.json").read_text())["train"] == timings["train"]  # not trained again
 
 
+def test_timings_add_up_the_sittings_but_keep_the_last_time_of_a_step_done_whole_again(tmp_path: Path) -> None:
+    from emodiff.experiments.real_clips import Timings
+
+    timings = Timings(tmp_path / "timings.json")
+    timings.add("train", 10.0)
+    timings.add("evaluate", 3.0, redone=True)
+    again = Timings(tmp_path / "timings.json")  # the next sitting
+    again.add("train", 5.0)
+    again.add("evaluate", 4.0, redone=True)
+    assert json.loads((tmp_path / "timings.json").read_text()) == {"train": 15.0, "evaluate": 4.0}
+
+
 def test_the_guidance_script_samples_as_the_command_does(small_run: tuple[Path, Path, int], tmp_path: Path) -> None:
     """scripts/real_clips_guidance.py on a finished run: four scored runs (s_a 1 and 2, rolled out and teacher-forced);
     at s_a = 1 its rolled-out frames are the command's own model frames (same pipeline, seed and sampler), up to the
