@@ -26,8 +26,9 @@ from emodiff.data.labels import EMOTIONS
 from emodiff.diffusion.schedulers import SAMPLERS
 from emodiff.errors import EmodiffError
 from emodiff.pipeline import EmoDiffPipeline
-from emodiff.sample_form import (INTENSITY_MODES, Cancellations, SampleJob, SampleRequest, face_warning,
-                                 intensity_spec, preview_schedule, timeline_spec, write_examples)
+from emodiff.sample import SampleRequest
+from emodiff.sample_form import (INTENSITY_MODES, Cancellations, SampleJob, face_warning, intensity_spec,
+                                 preview_schedule, timeline_spec, write_examples)
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline server
 try:

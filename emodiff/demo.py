@@ -24,7 +24,7 @@ from emodiff.errors import EmodiffError
 from emodiff.files import atomic_path
 from emodiff.inference import InferenceOptions
 from emodiff.metrics.super_resolution import describe, recorded
-from emodiff.sample import load_pipeline
+from emodiff.sample import SampleRequest, load_pipeline
 from emodiff.data.datasets import to_uint8
 
 SECONDS = 4.0
@@ -97,12 +97,21 @@ def run_demo(out: Path, checkpoint: Path | None = None, steps: int | None = None
     paths = {"video": out / "demo.mp4", "schedule": out / "intensity.png",
              "sheet": out / "contact_sheet.png", "identity": out / "identity.png",
              "speech": out / "speech.wav"}
+    out.mkdir(parents=True, exist_ok=True)
+    save_render(paths["identity"], world, identity_index)
+    write_wav(paths["speech"], audio)
+    # the request `emodiff sample` and the app run (None: the pipeline's own sampler, steps and guidance)
+    sr = "none" if pipeline.super_resolution is None else f"x{pipeline.super_resolution.config.scale}"
+    request = SampleRequest(paths["identity"], paths["speech"], EMOTION, INTENSITY, steps=steps, cfg_exp=cfg_exp,
+                            seed=seed, sr=sr)
+    settings = request.settings(checkpoint)
+    print(f"demo: {pipeline.describe_sampling(settings.sampler, settings.steps, settings.cfg_audio, settings.cfg_exp)}")
     picks, frames = sheet_frames(n_frames), {}
-    steps = pipeline.default_steps if steps is None else steps  # None: the pipeline's own sampling settings
-    print(f"demo: {pipeline.describe_sampling(None, steps, None, cfg_exp)}")
     with VideoWriter(paths["video"], fps, audio=audio,
                      comment=describe(pipeline.super_resolution, resolution)) as writer:
-        for i, batch in pipeline.sample([video], steps=steps, cfg_expression=cfg_exp, seeds=[seed]):
+        for i, batch in pipeline.sample([video], steps=settings.steps, sampler=settings.sampler,
+                                        cfg_audio=settings.cfg_audio, cfg_expression=settings.cfg_exp,
+                                        seeds=[request.seed]):
             frame = enlarge(to_uint8(batch[0]))
             writer.write(frame)
             if i in picks:
@@ -110,12 +119,11 @@ def run_demo(out: Path, checkpoint: Path | None = None, steps: int | None = None
     intensity, weights = video.intensity.numpy(), video.emotion_weights.numpy()
     plot_schedule(intensity, fps, paths["schedule"], weights, title=f"demo: {EMOTION}, intensity {INTENSITY}")
     write_contact_sheet(paths["sheet"], enlarge(identity), frames, intensity, weights, fps)
-    save_render(paths["identity"], world, identity_index)
-    write_wav(paths["speech"], audio)
     print(f"demo: identity syn{identity_index:03d} of synthetic world seed {world.seed} (not seen in training), "
           f"emotion {EMOTION}, intensity {INTENSITY}")
     for name, path in paths.items():
         print(f"wrote {path}" + (f" ({n_frames} frames at {fps:g} fps, with its speech; super-resolution "
                                  f"{recorded(describe(pipeline.super_resolution, resolution))})"
                                  if name == "video" else ""))
+    print(f"demo: the same request through `emodiff sample`, run in {out}: {request.command(checkpoint)}")
     return paths

@@ -9,6 +9,7 @@ and optionally OUT.preview.mp4 (identity | video); a video that fails leaves no 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -59,6 +60,60 @@ class SampleSettings:
     progress: bool = True
     sr: str = "none"
     sr_weights: str | None = None
+
+
+OUTPUT = "talking_head.mp4"  # the video's name inside a request's job folder (the app's download)
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One video as `emodiff sample`, the app's form and the demo ask for it: the face and speech files, the
+    `--emotion` and `--intensity` specs with their options, and the sampler settings (None: the pipeline's own)."""
+
+    face: Path
+    speech: Path
+    emotion: str
+    intensity: str
+    options: ScheduleOptions = ScheduleOptions()
+    sampler: str | None = None  # None: the pipeline's own (EmoDiffPipeline.sampler, .default_steps, .guidance_scales)
+    steps: int | None = None
+    cfg_audio: float | None = None
+    cfg_exp: float | None = None
+    seed: int = 0
+    sr: str = "none"  # SR_SCALES: the pipeline's own super-resolution of that scale
+
+    def input_names(self) -> tuple[str, str]:
+        """The names of the face and speech copies in a job folder (their suffixes kept)."""
+        return f"identity{self.face.suffix.lower()}", f"speech{self.speech.suffix.lower()}"
+
+    def job(self, folder: Path) -> Job:
+        """The `emodiff sample` job of this video, with the job folder's files."""
+        face, speech = self.input_names()
+        return Job(str(folder / face), str(folder / speech), self.emotion, self.intensity, str(folder / OUTPUT),
+                   self.seed)
+
+    def settings(self, checkpoint: Path) -> SampleSettings:
+        """The `emodiff sample` settings of this video (those of `sample_argv`)."""
+        return SampleSettings(str(checkpoint), self.options, self.steps, self.sampler, self.cfg_audio, self.cfg_exp,
+                              sr=self.sr)
+
+    def sample_argv(self, checkpoint: Path, folder: Path | None = None) -> list[str]:
+        """The `emodiff sample` arguments that make this video, with the job folder's file names (inside `folder`
+        when given, else relative to it)."""
+        base = folder if folder is not None else Path()
+        face, speech = self.input_names()
+        return ["--checkpoint", str(checkpoint), "--identity", str(base / face), "--audio", str(base / speech),
+                "--emotion", self.emotion, "--intensity", self.intensity, *self.options.flags(),
+                *(["--sampler", self.sampler] if self.sampler is not None else []),
+                *(["--steps", str(self.steps)] if self.steps is not None else []),
+                *(["--cfg-audio", f"{self.cfg_audio:g}"] if self.cfg_audio is not None else []),
+                *(["--cfg-exp", f"{self.cfg_exp:g}"] if self.cfg_exp is not None else []),
+                "--seed", str(self.seed), *(["--sr", self.sr] if self.sr != "none" else []),
+                "--out", str(base / OUTPUT)]
+
+    def command(self, checkpoint: Path) -> str:
+        """The shell command, to run in the job folder (the unzipped download)."""
+        return shlex.join(["emodiff", "sample", *self.sample_argv(checkpoint)])
 
 
 def read_jobs(path: str | Path, seed: int = 0) -> list[Job]:

@@ -10,7 +10,6 @@ the job and settings of its `emodiff sample` command with that command's functio
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import threading
 import zipfile
@@ -32,12 +31,11 @@ from emodiff.errors import EmodiffError
 from emodiff.pipeline import EmoDiffPipeline
 from emodiff.data.datasets import to_uint8
 from emodiff.files import write_text_atomic
-from emodiff.sample import Job, SampleSettings, identity_warning, prepare_video, sample_batch
+from emodiff.sample import OUTPUT, SampleRequest, identity_warning, prepare_video, sample_batch
 
 INTENSITY_MODES = ("constant", "key frames", "from the voice")
 PREVIEW_SECONDS = SECONDS  # the preview's length until speech is given
 EXAMPLE_FACES = 4
-OUTPUT = "talking_head.mp4"  # names inside a job folder and its zip
 SHEET, COMMAND, ARCHIVE = "contact_sheet.png", "command.txt", "talking_head.zip"
 
 
@@ -161,54 +159,6 @@ def write_examples(checkpoint: Path, folder: Path) -> tuple[list[Path], list[Pat
         write_wav(folder / f"speech_{name}.wav", audio)
         speech.append(folder / f"speech_{name}.wav")
     return faces, speech
-
-
-@dataclass(frozen=True)
-class SampleRequest:
-    """One video as the form asks for it: the face and speech files, the `--emotion` and `--intensity` specs with
-    their options, and the sampler settings."""
-
-    face: Path
-    speech: Path
-    emotion: str
-    intensity: str
-    options: ScheduleOptions = ScheduleOptions()
-    sampler: str | None = None  # None: the pipeline's own (EmoDiffPipeline.sampler, .default_steps, .guidance_scales)
-    steps: int | None = None
-    cfg_audio: float | None = None
-    cfg_exp: float | None = None
-    seed: int = 0
-
-    def input_names(self) -> tuple[str, str]:
-        """The names of the face and speech copies in a job folder (their suffixes kept)."""
-        return f"identity{self.face.suffix.lower()}", f"speech{self.speech.suffix.lower()}"
-
-    def job(self, folder: Path) -> Job:
-        """The `emodiff sample` job of this video, with the job folder's files."""
-        face, speech = self.input_names()
-        return Job(str(folder / face), str(folder / speech), self.emotion, self.intensity, str(folder / OUTPUT),
-                   self.seed)
-
-    def settings(self, checkpoint: Path) -> SampleSettings:
-        """The `emodiff sample` settings of this video (those of `sample_argv`)."""
-        return SampleSettings(str(checkpoint), self.options, self.steps, self.sampler, self.cfg_audio, self.cfg_exp)
-
-    def sample_argv(self, checkpoint: Path, folder: Path | None = None) -> list[str]:
-        """The `emodiff sample` arguments that make this video, with the job folder's file names (inside `folder`
-        when given, else relative to it)."""
-        base = folder if folder is not None else Path()
-        face, speech = self.input_names()
-        return ["--checkpoint", str(checkpoint), "--identity", str(base / face), "--audio", str(base / speech),
-                "--emotion", self.emotion, "--intensity", self.intensity, *self.options.flags(),
-                *(["--sampler", self.sampler] if self.sampler is not None else []),
-                *(["--steps", str(self.steps)] if self.steps is not None else []),
-                *(["--cfg-audio", f"{self.cfg_audio:g}"] if self.cfg_audio is not None else []),
-                *(["--cfg-exp", f"{self.cfg_exp:g}"] if self.cfg_exp is not None else []),
-                "--seed", str(self.seed), "--out", str(base / OUTPUT)]
-
-    def command(self, checkpoint: Path) -> str:
-        """The shell command, to run in the job folder (the unzipped download)."""
-        return shlex.join(["emodiff", "sample", *self.sample_argv(checkpoint)])
 
 
 class SampleJob:

@@ -25,8 +25,9 @@ from emodiff.data.store import write_wav
 from emodiff.data.synthetic import SyntheticWorld, render_origin, save_render
 from emodiff.errors import EmodiffError
 from emodiff.pipeline import EmoDiffPipeline
-from emodiff.sample_form import (ARCHIVE, COMMAND, OUTPUT, SHEET, Cancellations, SampleJob, SampleRequest,
-                                 face_warning, intensity_spec, preview_schedule, timeline_spec, write_examples)
+from emodiff.sample import OUTPUT, SampleRequest
+from emodiff.sample_form import (ARCHIVE, COMMAND, SHEET, Cancellations, SampleJob, face_warning, intensity_spec,
+                                 preview_schedule, timeline_spec, write_examples)
 from tests.browser import free_port
 from tests.conftest import write_tiny_pipeline
 

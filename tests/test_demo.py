@@ -38,6 +38,21 @@ def test_demo_samples_with_the_pipelines_own_sampler_and_says_which(tiny_pipelin
         capsys.readouterr().out
 
 
+def test_demo_prints_its_request_as_an_emodiff_sample_command_that_runs(tiny_pipeline, tmp_path, capsys, monkeypatch):
+    """The demo builds the `SampleRequest` that `emodiff sample` and the app run; its command, run in the demo's folder
+    on the inputs the demo wrote, makes a video of the same length (the speech goes through speech.wav)."""
+    import shlex
+
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--checkpoint", str(tiny_pipeline), "--out", str(out), "--steps", "1"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "the same request through" in line)
+    command = shlex.split(line[line.index(": emodiff sample") + 2:])
+    assert command[:2] == ["emodiff", "sample"] and "--sr" not in command  # the tiny pipeline has no SR
+    monkeypatch.chdir(out)
+    assert cli_main(command[1:]) == 0
+    assert sum(1 for _ in read_video(out / "talking_head.mp4", FPS)) == sum(1 for _ in read_video(out / "demo.mp4", FPS))
+
+
 def test_demo_writes_the_video_with_speech_the_intensity_plot_and_the_contact_sheet(tiny_pipeline, tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli_main(["demo", "--checkpoint", str(tiny_pipeline), "--out", str(out), "--steps", "2"]) == 0

@@ -10,8 +10,10 @@ changes from happy to surprised and the intensity k follows key frames. The fram
 ordinary sampling path (`EmoDiffPipeline.conditions` + `sample`, eq. 14–15 for the expression condition).
 DIR (default ./emodiff_demo) receives demo.mp4 (with the speech), intensity.png (k and the emotion
 weights over time), contact_sheet.png (the identity image and frames with their k and emotion), and the inputs
-identity.png (a render `emodiff sample` recognises as this world's face) and speech.wav, to try other settings:
-`emodiff sample --checkpoint DIR --identity DIR/identity.png --audio DIR/speech.wav ...`.
+identity.png (a render `emodiff sample` recognises as this world's face) and speech.wav. The demo's request is the
+`SampleRequest` that `emodiff sample` and the app run, and it prints it as an `emodiff sample` command to run in DIR
+(the speech then comes from speech.wav, so its frames differ from demo.mp4 by a few grey levels): change its
+settings to try others.
 The default checkpoint is the bundled one in emodiff/assets/demo, made by scripts/train_synthetic.sh.
 
 The synthetic world is a test bed: the demo shows the mechanics of emotion and intensity control on
