@@ -1,8 +1,9 @@
 """Audio guidance on a finished `emodiff real-clips` run: does s_a > 1 make the mouth follow the speech?
 
-    python scripts/real_clips_guidance.py RUN OUT [--seconds 4] [--cfg-audio 1 3]
+    python scripts/real_clips_guidance.py RUN OUT [--seconds 4] [--cfg-audio 1 3] [--part heldout|train]
 
-Samples the first SECONDS of every held-out segment of RUN (its pipeline and store_heldout) from the segment's first
+Samples the first SECONDS of every held-out segment of RUN (its pipeline and store_heldout; `--part train`: of the
+training parts, store_train, which the denoiser saw) from the segment's first
 frame and its speech, once per audio guidance scale s_a (docs/design.md §5.1), both as the autoregressive rollout and
 with the real previous frames as motion frames (teacher forcing), writes OUT/videos/<run>/<clip>.mp4 beside the real
 frames, and scores them with `emodiff evaluate`'s harness (OUT/report, as `emodiff real-clips` does); the table printed
@@ -31,9 +32,11 @@ from emodiff.pipeline import EmoDiffPipeline  # noqa: E402
 COLUMNS = ("psnr", "ssim", "m_lmd", "f_lmd", "mouth_r")
 
 
-def sample_runs(run: Path, videos: Path, seconds: float, scales: list[float], steps: int, seed: int = 0) -> list[str]:
-    """OUT/videos/<cfg…>/<clip>.mp4 for every scale, rolled out and teacher-forced, and the real frames; the names."""
-    store = ClipStore.open(run / "store_heldout")
+def sample_runs(run: Path, videos: Path, seconds: float, scales: list[float], steps: int, seed: int = 0,
+                part: str = "heldout") -> list[str]:
+    """OUT/videos/<cfg…>/<clip>.mp4 for every scale, rolled out and teacher-forced, and the real frames; the names.
+    `part` "train" samples the first seconds of the training parts instead (what the denoiser saw)."""
+    store = ClipStore.open(run / f"store_{part}")
     pipeline = EmoDiffPipeline.from_pretrained(run / "pipeline")
     resolution, fps = pipeline.settings["resolution"], pipeline.settings["fps"]
     clips = [store.clip(c) for c in store.clip_ids()]
@@ -69,9 +72,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds sampled from the start of each segment")
     parser.add_argument("--cfg-audio", type=float, nargs="+", default=[1.0, 3.0], help="audio guidance scales s_a")
     parser.add_argument("--steps", type=int, default=16, help="DDIM steps (configs/real_clips.yaml's sample.steps)")
+    parser.add_argument("--part", choices=["heldout", "train"], default="heldout",
+                        help="the held-out segments, or the training parts the denoiser saw")
     args = parser.parse_args()
     videos = args.out / "videos"
-    names = sample_runs(args.run, videos, args.seconds, args.cfg_audio, args.steps)
+    names = sample_runs(args.run, videos, args.seconds, args.cfg_audio, args.steps, part=args.part)
     evaluate_folders(videos / REAL, {name: videos / name for name in names}, args.out / "report", aligned=True,
                      expression="none")
     metrics = json.loads((args.out / "report" / "metrics.json").read_text())["metrics"]

@@ -191,6 +191,39 @@ def test_mouth_correlation_follows_the_opening_and_scores_a_still_mouth_zero() -
     assert mouth_correlation(frames, np.repeat(frames[:1], 60, 0)) == 0.0
 
 
+def test_the_real_clips_loss_weighs_the_noisy_steps_where_the_mouth_must_come_from_the_speech() -> None:
+    """docs/real_clips/diagnosis.md item 8: with v-prediction, Min-SNR-γ weighs an error of the predicted frame at the
+    noisiest steps by ≈ SNR_t (≈ 0 at t = 900), so the mouth, which only the audio can tell there, was barely trained.
+    The shipped config's loss weighs such an error at t = 900 at least a tenth as much as at t = 100."""
+    from emodiff.experiments.real_clips import load_experiment_config
+    from emodiff.train.common import CONFIG_DIR
+
+    _, denoiser = load_experiment_config(CONFIG_DIR / "real_clips.yaml", [])
+    d = denoiser.diffusion
+    diffusion = GaussianDiffusion(make_betas(d.beta_schedule, d.num_train_timesteps))
+    x0 = torch.zeros(2, 3, 8, 8)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    mouth = torch.zeros(2, 1, 8, 8)
+    mouth[..., 4:, 2:6] = 1
+
+    def weight_of_a_frame_error(t: int, gamma: float | None) -> float:
+        """Lip loss per unit squared error of the predicted frame x̂_0 inside the mouth box."""
+        steps = torch.full((2,), t)
+        x_t = diffusion.q_sample(x0, steps, noise)
+        sigma = float(np.sqrt(1 - diffusion.alphas_cumprod[t]))
+        target = diffusion.v_target(x0, steps, noise)
+        prediction = target - 0.1 * mouth / sigma  # x̂_0 = √ᾱ·x_t − σ·v̂ is off by 0.1 in the box
+        output = torch.cat([prediction, torch.zeros_like(prediction)], 1)
+        losses = diffusion.training_losses(output, x0, x_t, steps, noise, mouth_mask=mouth, lambda_lip=1.0,
+                                           min_snr_gamma=gamma, prediction_type="v_prediction")
+        return float(losses["lip"].mean()) / 0.01
+
+    assert d.prediction_type == "v_prediction"
+    shipped = weight_of_a_frame_error(900, d.min_snr_gamma) / weight_of_a_frame_error(100, d.min_snr_gamma)
+    min_snr = weight_of_a_frame_error(900, 5.0) / weight_of_a_frame_error(100, 5.0)
+    assert shipped >= 0.1 and min_snr < 1e-3, (shipped, min_snr)
+
+
 def test_v_prediction_loss_is_zero_at_the_true_v_and_implies_the_true_noise() -> None:
     diffusion = GaussianDiffusion(make_betas("linear", 1000))
     g = torch.Generator().manual_seed(0)
