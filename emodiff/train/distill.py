@@ -198,9 +198,10 @@ def train(config: DictConfig, resume: str | None = None) -> Path:
                     for a in (diffusion.sqrt_alphas_cumprod, diffusion.sqrt_one_minus_alphas_cumprod))
     step_counts = sorted(config.student.steps)
     grid = grid_timesteps(teacher, step_counts).to(accelerator.device)
-    student_scheduler = make_scheduler("ddim", scheduler_betas(teacher.scheduler), "v_prediction")  # samples as validated
-    pipeline = EmoDiffPipeline(**{**teacher.components(), "unet": accelerator.unwrap_model(student),
-                                  "scheduler": student_scheduler},
+    unwrapped = accelerator.unwrap_model(student)
+    student_scheduler = make_scheduler("ddim", scheduler_betas(teacher.scheduler),  # samples as validated
+                                       unwrapped.config.prediction_type)
+    pipeline = EmoDiffPipeline(**{**teacher.components(), "unet": unwrapped, "scheduler": student_scheduler},
                                **{**teacher.settings, "steps": config.student.default_steps, "guidance": None})
 
     def validate(step: int) -> dict[str, float]:
